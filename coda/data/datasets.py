@@ -1,0 +1,151 @@
+"""torch Datasets over a prepared directory (``coda.data.prepare``).
+
+Every item is a float tensor C x H x W in [-1, 1] (uint8 / 127.5 - 1).
+
+- ``ArrayImages``: a uint8 N x H x W x 3 ``.npy`` (val.npy, or the demo's train.npy), memory-mapped
+  and opened lazily, so DataLoader workers each map the file instead of copying it.
+- ``ManifestImages``: the paper-scale training set; reads each file with ``read_rgb`` and applies
+  ``train_crop``. The crop is drawn from a generator seeded by (seed, epoch, index) -- call
+  ``set_epoch`` once per epoch for fresh crops. A file that turns out bad at train time is skipped
+  with a warning by deterministically drawing another index.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .images import BadImage, read_rgb
+from .outputs import META, TRAIN_MANIFEST, TRAIN_NPY, VAL_NPY, read_tsv
+from .transforms import train_crop
+
+MAX_RETRIES = 50
+
+
+def to_tensor(arr: np.ndarray) -> torch.Tensor:
+    """uint8 H x W x 3 -> float32 3 x H x W in [-1, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float()
+    return t.div_(127.5).sub_(1.0)
+
+
+class ArrayImages(Dataset):
+    """Images from a uint8 N x H x W x 3 ``.npy`` file (memory-mapped)."""
+
+    def __init__(self, npy_path):
+        self.path = Path(npy_path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"image array not found: {self.path} (run the prepare stage)")
+        arr = self._open()
+        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
+            raise ValueError(f"{self.path}: expected uint8 N x H x W x 3, got {arr.dtype} "
+                             f"{arr.shape}")
+        self.shape = tuple(arr.shape)
+        self._arr = None  # opened lazily in each process
+
+    def _open(self):
+        return np.load(self.path, mmap_mode="r")
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._arr is None:
+            self._arr = self._open()
+        return self._arr
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return to_tensor(np.array(self.array[index]))
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_arr"] = None
+        return state
+
+
+class ManifestImages(Dataset):
+    """Training images listed in ``train_manifest.tsv`` (paths relative to ``root``)."""
+
+    def __init__(self, manifest, root, resolution: int, seed: int = 0, min_size=None):
+        self.manifest, self.root = Path(manifest), Path(root)
+        if not self.manifest.exists():
+            raise FileNotFoundError(f"train manifest not found: {self.manifest}")
+        rows = read_tsv(self.manifest)
+        if not rows:
+            raise ValueError(f"train manifest {self.manifest} lists no images")
+        self.paths = [r["path"] for r in rows]
+        self.labels = [int(r.get("label") or 0) for r in rows]
+        self.resolution, self.seed, self.min_size = int(resolution), int(seed), min_size
+        self.epoch = 0
+        self._bad: set[int] = set()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _rng(self, index: int, attempt: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, int(index), attempt])
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        i = int(index)
+        for attempt in range(MAX_RETRIES):
+            rng = self._rng(index, attempt)
+            if i not in self._bad:
+                try:
+                    img = read_rgb(self.root / self.paths[i], self.min_size)
+                    return to_tensor(train_crop(img, self.resolution, rng))
+                except BadImage as exc:
+                    self._bad.add(i)
+                    warnings.warn(f"skipping bad training image {exc} (drawing another)",
+                                  RuntimeWarning, stacklevel=2)
+            i = int(rng.integers(len(self.paths)))
+        raise RuntimeError(f"{MAX_RETRIES} bad training images in a row starting at index {index} "
+                           f"of {self.manifest}; check the data (see prepare_report.json)")
+
+
+def read_meta(prepared_dir) -> dict:
+    path = Path(prepared_dir) / META
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: {prepared_dir} is not a prepared data folder "
+                                f"(run the prepare stage first)")
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def train_dataset(prepared_dir, resolution: int | None = None, seed: int = 0,
+                  root=None) -> Dataset:
+    """The training set of a prepared folder: ``train.npy`` if present, else the manifest.
+
+    ``resolution=None`` uses the prepared resolution. With ``train.npy`` the resolution must
+    match the stored crops. ``root`` overrides the image folder recorded in meta.json (for a
+    prepared folder moved to another machine).
+    """
+    prepared_dir = Path(prepared_dir)
+    meta = read_meta(prepared_dir)
+    resolution = int(meta["resolution"] if resolution is None else resolution)
+    npy = prepared_dir / TRAIN_NPY
+    if npy.exists():
+        ds = ArrayImages(npy)
+        if ds.shape[1] != resolution or ds.shape[2] != resolution:
+            raise ValueError(f"{npy} holds {ds.shape[1]}x{ds.shape[2]} crops but resolution "
+                             f"{resolution} was asked for; re-run prepare at that resolution")
+        return ds
+    manifest = prepared_dir / TRAIN_MANIFEST
+    root = root if root is not None else meta.get("train_dir")
+    if root is None:
+        raise ValueError(f"{prepared_dir / META} has no train_dir for {manifest}")
+    return ManifestImages(manifest, root, resolution, seed=seed,
+                          min_size=meta.get("min_size"))
+
+
+def val_dataset(prepared_dir) -> ArrayImages:
+    """The preprocessed validation set (``val.npy``)."""
+    read_meta(prepared_dir)
+    return ArrayImages(Path(prepared_dir) / VAL_NPY)

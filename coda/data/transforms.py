@@ -1,0 +1,78 @@
+"""Crops from an RGB ``PIL.Image`` to a uint8 H x W x 3 numpy array (evaluation.md).
+
+- ``center_crop``: resize the short side to ``res`` (Lanczos), centre crop. The default for the
+  validation set.
+- ``adm_crop``: the ADM ``center_crop_arr`` protocol: box-halve while the short side is >= 2 x res,
+  bicubic resize so the short side is ``res``, centre crop.
+- ``train_crop``: resize the short side to round(1.125 x res) (Lanczos), random crop, no flip.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+TRAIN_RESIZE_RATIO = 1.125
+
+
+def _as_rgb(img: Image.Image) -> Image.Image:
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def resize_short_side(img: Image.Image, short: int, resample=Image.LANCZOS) -> Image.Image:
+    """Resize so the short side is ``short`` pixels, keeping the aspect ratio."""
+    w, h = img.size
+    scale = short / min(w, h)
+    size = (max(short, round(w * scale)), max(short, round(h * scale)))
+    if size == (w, h):
+        return img
+    return img.resize(size, resample=resample)
+
+
+def _crop_at(img: Image.Image, left: int, top: int, res: int) -> np.ndarray:
+    arr = np.asarray(img.crop((left, top, left + res, top + res)), dtype=np.uint8)
+    assert arr.shape == (res, res, 3), arr.shape
+    return np.ascontiguousarray(arr)
+
+
+def _centre(img: Image.Image, res: int) -> np.ndarray:
+    w, h = img.size
+    return _crop_at(img, (w - res) // 2, (h - res) // 2, res)
+
+
+def center_crop(img: Image.Image, res: int) -> np.ndarray:
+    """Resize the short side to ``res`` with Lanczos, then take the centre ``res`` x ``res``."""
+    img = resize_short_side(_as_rgb(img), int(res), Image.LANCZOS)
+    return _centre(img, int(res))
+
+
+def adm_crop(img: Image.Image, res: int) -> np.ndarray:
+    """ADM ``center_crop_arr``: BOX-halve while min side >= 2*res, bicubic to short side res, crop."""
+    res = int(res)
+    img = _as_rgb(img)
+    while min(img.size) >= 2 * res:
+        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.BOX)
+    scale = res / min(img.size)
+    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.BICUBIC)
+    return _centre(img, res)
+
+
+def train_crop(img: Image.Image, res: int, rng: np.random.Generator) -> np.ndarray:
+    """Lanczos resize of the short side to round(1.125 * res), random ``res`` crop (no flip)."""
+    res = int(res)
+    img = resize_short_side(_as_rgb(img), round(TRAIN_RESIZE_RATIO * res), Image.LANCZOS)
+    w, h = img.size
+    left = int(rng.integers(0, w - res + 1))
+    top = int(rng.integers(0, h - res + 1))
+    return _crop_at(img, left, top, res)
+
+
+CROPS = {"center": center_crop, "adm": adm_crop}
+
+
+def get_crop(name: str):
+    """The validation crop function for ``name`` ("center" or "adm")."""
+    try:
+        return CROPS[name]
+    except KeyError:
+        raise ValueError(f"unknown crop {name!r}: expected one of {sorted(CROPS)}") from None
