@@ -1,0 +1,162 @@
+"""Cache the frozen VAE's posterior moments, so latent-space experiments never run the encoder.
+
+Layout (see docs/interfaces.md): ``<dir>/<split>-00000.safetensors`` shards holding ``mean`` and
+``logvar`` (raw latent space, fp16 by default) and ``<dir>/manifest.json``, written last. A run that
+is interrupted keeps its finished shards (each written atomically) and continues from there; the
+shards are only reused when ``cache_state.json`` says they came from the same VAE and preprocessing.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+MANIFEST = "manifest.json"
+STATE = "cache_state.json"
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:05d}.safetensors"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _save_shard(tensors: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, tmp)
+    os.replace(tmp, path)
+
+
+def _identity(vae_hash: str, preprocessing: dict, dtype: str, shard_size: int, counts: dict) -> dict:
+    return {"vae_hash": vae_hash, "preprocessing": preprocessing, "dtype": dtype,
+            "shard_size": shard_size, "counts": counts}
+
+
+def _prepare_directory(out_dir: Path, identity: dict) -> None:
+    """Keep finished shards of the same run; drop shards that another VAE or preprocessing made."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state_path = out_dir / STATE
+    if state_path.exists() and json.loads(state_path.read_text()) != identity:
+        stale = list(out_dir.glob("*.safetensors"))
+        print(f"cache: {out_dir} holds {len(stale)} shards from a different VAE or preprocessing; "
+              "recomputing them")
+        for path in stale:
+            path.unlink()
+        (out_dir / MANIFEST).unlink(missing_ok=True)
+    _write_json(state_path, identity)
+
+
+@torch.no_grad()
+def cache_latents(vae, splits: dict[str, Dataset], out_dir: str | Path, *, vae_hash: str,
+                  preprocessing: dict, shard_size: int = 1024, batch_size: int = 32,
+                  dtype: str = "float16", num_workers: int = 1, device: str = "cpu") -> Path:
+    """Encode every image of every split and write posterior moments in shards.
+
+    Loading runs in DataLoader workers and shard writing in a background thread, so the encoder
+    is the only thing the main thread waits for.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"cache dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError("shard_size and batch_size must be positive")
+    out_dir = Path(out_dir)
+    counts = {name: len(ds) for name, ds in splits.items()}
+    identity = _identity(vae_hash, preprocessing, dtype, shard_size, counts)
+    _prepare_directory(out_dir, identity)
+    vae = vae.to(device).eval()
+    store = DTYPES[dtype]
+    latent_shape = None
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending = []
+        for split, dataset in splits.items():
+            n_shards = math.ceil(len(dataset) / shard_size)
+            todo = [i for i in range(n_shards) if not (out_dir / shard_name(split, i)).exists()]
+            if len(todo) < n_shards:
+                print(f"cache: {split}: {n_shards - len(todo)} of {n_shards} shards already done, resuming")
+            # One loader per split; its batches never cross a shard boundary.
+            batches = [list(range(start, min(start + batch_size, end)))
+                       for i in todo
+                       for end in [min((i + 1) * shard_size, len(dataset))]
+                       for start in range(i * shard_size, end, batch_size)]
+            loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                                pin_memory=device != "cpu")
+            bar = tqdm(total=sum(len(b) for b in batches), desc=f"cache {split}", unit="img", mininterval=5)
+            shards = iter(todo)
+            shard, means, logvars, filled = next(shards, None), [], [], 0
+            for images in loader:
+                images = images[0] if isinstance(images, (list, tuple)) else images
+                posterior = vae.encode(images.to(device, non_blocking=True))
+                means.append(posterior.mean.to("cpu", store))
+                logvars.append(posterior.logvar.to("cpu", store))
+                filled += len(images)
+                bar.update(len(images))
+                if filled == min(shard_size, len(dataset) - shard * shard_size):
+                    tensors = {"mean": torch.cat(means).contiguous(), "logvar": torch.cat(logvars).contiguous()}
+                    latent_shape = list(tensors["mean"].shape[1:])
+                    pending.append(writer.submit(_save_shard, tensors, out_dir / shard_name(split, shard)))
+                    shard, means, logvars, filled = next(shards, None), [], [], 0
+            bar.close()
+        for job in pending:
+            job.result()  # surface write errors
+    if latent_shape is None:  # everything was already cached
+        latent_shape = LatentDataset(out_dir, next(iter(splits)), check=False).latent_shape
+    manifest = {**identity, "latent_shape": latent_shape,
+                "splits": {name: {"count": counts[name],
+                                  "shards": [shard_name(name, i) for i in range(math.ceil(counts[name] / shard_size))]}
+                           for name in splits}}
+    _write_json(out_dir / MANIFEST, manifest)
+    return out_dir / MANIFEST
+
+
+class LatentDataset(Dataset):
+    """Cached posterior moments of one split, as float32 ``(mean, logvar)`` pairs.
+
+    Shards are read fully into memory: latents are 48x smaller than the images they come from
+    (f16: 16 x 16 x 16 fp16 per 256x256 image, 8 KiB).
+    """
+
+    def __init__(self, cache_dir: str | Path, split: str, check: bool = True):
+        cache_dir = Path(cache_dir)
+        if check:
+            manifest_path = cache_dir / MANIFEST
+            if not manifest_path.exists():
+                raise FileNotFoundError(f"{manifest_path} not found: run the cache stage first "
+                                        "(`coda cache`), or train in `images` mode")
+            manifest = json.loads(manifest_path.read_text())
+            if split not in manifest["splits"]:
+                raise KeyError(f"split {split!r} not in {manifest_path} (has {sorted(manifest['splits'])})")
+            files = [cache_dir / f for f in manifest["splits"][split]["shards"]]
+        else:
+            files = sorted(cache_dir.glob(f"{split}-*.safetensors"))
+        means, logvars = [], []
+        for path in files:
+            with safe_open(path, framework="pt") as f:
+                means.append(f.get_tensor("mean"))
+                logvars.append(f.get_tensor("logvar"))
+        self.mean, self.logvar = torch.cat(means), torch.cat(logvars)
+        self.latent_shape = list(self.mean.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.mean)
+
+    def __getitem__(self, index: int):
+        return self.mean[index].float(), self.logvar[index].float()
+
+
+def sample_posterior(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None):
+    """A posterior sample from cached moments (same formula as the VAE's own posterior)."""
+    std = torch.exp(0.5 * logvar)
+    return mean + std * torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
