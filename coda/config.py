@@ -1,0 +1,105 @@
+"""params.yaml: loading, validation against the pipeline's JSON schema, experiment resolution.
+
+Every `coda` command calls ``load_params`` first, so a typo or an out-of-range value stops a DVC run
+exactly as Snakemake's ``validate()`` stops a Snakemake run: before any computation.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+SCHEMA_RELATIVE = Path("workflow/schemas/params.schema.yaml")
+
+
+class ParamsError(ValueError):
+    """params.yaml is malformed: the message names the key path and what is allowed."""
+
+
+def _key_path(error: ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+
+
+def _describe(error: ValidationError) -> str:
+    where = _key_path(error)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        return f"{where}: unknown key(s) {unknown}; allowed: {allowed}"
+    if error.validator == "enum":
+        return f"{where}: {error.instance!r} is not allowed; choose one of {error.validator_value}"
+    if error.validator == "oneOf" and error.context:
+        return f"{where}: {error.instance!r} must be null or a mapping ({error.context[-1].message})"
+    return f"{where}: {error.message}"
+
+
+def find_schema(params_path: Path) -> Path:
+    for base in (params_path.resolve().parent, Path.cwd()):
+        if (base / SCHEMA_RELATIVE).is_file():
+            return base / SCHEMA_RELATIVE
+    raise FileNotFoundError(f"{SCHEMA_RELATIVE} not found next to {params_path}; run from the repository root")
+
+
+def validate_params(params: dict, schema: dict, source: str = "params.yaml") -> None:
+    errors = sorted(Draft202012Validator(schema).iter_errors(params), key=lambda e: list(e.absolute_path))
+    problems = [_describe(e) for e in errors]
+    if isinstance(params, dict) and not problems:
+        if params["scale"] not in params["scales"]:
+            problems.append(f"scale: {params['scale']!r} is not one of the defined scales {sorted(params['scales'])}")
+        for name in params["pipeline"]["experiments"]:
+            if name not in params["experiments"] or name == "base":
+                problems.append(f"pipeline.experiments: {name!r} is not a block of `experiments` "
+                                f"(defined: {sorted(k for k in params['experiments'] if k != 'base')})")
+    if problems:
+        raise ParamsError(f"{source} is invalid:\n  - " + "\n  - ".join(problems))
+
+
+def load_params(path: str | Path = "params.yaml") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run from the repository root or pass --params")
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path} is not valid YAML: {err}") from None
+    schema = yaml.safe_load(find_schema(path).read_text())
+    validate_params(params, schema, str(path))
+    return params
+
+
+def deep_merge(base: dict, override: dict | None) -> dict:
+    """``override`` on top of ``base``; mappings merge key by key, anything else replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def scale_block(params: dict) -> dict:
+    return params["scales"][params["scale"]]
+
+
+def experiment_config(params: dict, name: str) -> dict:
+    """base <- scale's experiment sizes <- scale's per-experiment sizes <- the experiment itself."""
+    if name not in params["experiments"]:
+        raise ParamsError(f"experiment {name!r} is not defined in params.yaml "
+                          f"(defined: {sorted(k for k in params['experiments'] if k != 'base')})")
+    scale = scale_block(params)
+    config = deep_merge(params["experiments"]["base"], scale.get("experiment"))
+    config = deep_merge(config, scale.get("experiments", {}).get(name))
+    config = deep_merge(config, params["experiments"][name] if name != "base" else {})
+    if config.get("kind", "train") == "train":
+        quantizer = config.setdefault("quantizer", {})
+        if quantizer.get("kind") == "vq":  # single scale at the latent size
+            quantizer["latent_size"] = quantizer.pop("scales", [None])[-1]
+            quantizer.pop("attn_dim", None), quantizer.pop("entropy_temperature", None)
+        elif quantizer.get("kind") == "rvq":
+            quantizer.pop("attn_dim", None), quantizer.pop("entropy_temperature", None)
+    config["name"] = name
+    return config
