@@ -1,0 +1,250 @@
+"""ContinuousVAE: one interface over any diffusers ``AutoencoderKL`` (method.md section 1).
+
+Latents come in two spaces: *raw* (what the encoder + quant_conv produce, what post_quant_conv +
+decoder consume) and *normalised* (what the quantizer sees). ``normalize``/``denormalize`` are the
+only place the conversion happens: ``z = (raw - shift_factor) * scaling_factor``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# FLUX.1 VAE (shared/compat/official/flux_vae_keys.tsv); diffusers names.
+FLUX_VAE: dict = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "act_fn": "silu",
+    "latent_channels": 16,
+    "norm_num_groups": 32,
+    "sample_size": 1024,
+    "scaling_factor": 0.3611,
+    "shift_factor": 0.1159,
+    "use_quant_conv": False,
+    "use_post_quant_conv": False,
+    "mid_block_add_attention": True,
+}
+
+# Random-init KL-VAE for CPU demos at 64x64: f8, 16 latent channels, about 3.9 M parameters.
+SMALL_VAE: dict = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "block_out_channels": [32, 64, 128, 128],
+    "layers_per_block": 1,
+    "act_fn": "silu",
+    "latent_channels": 16,
+    "norm_num_groups": 32,
+    "sample_size": 64,
+    "scaling_factor": 1.0,
+    "shift_factor": None,
+}
+
+LOGVAR_RANGE = (-30.0, 20.0)
+LATENT_MODES = ("sample", "mean")
+
+
+@dataclass
+class Posterior:
+    """Diagonal Gaussian over the raw latent; logvar is clamped to [-30, 20] as in LDM/diffusers."""
+
+    mean: torch.Tensor
+    logvar: torch.Tensor
+
+    def __post_init__(self):
+        self.logvar = self.logvar.clamp(*LOGVAR_RANGE)
+
+    @classmethod
+    def from_moments(cls, moments: torch.Tensor) -> "Posterior":
+        mean, logvar = moments.chunk(2, dim=1)
+        return cls(mean, logvar)
+
+    @property
+    def std(self) -> torch.Tensor:
+        return torch.exp(0.5 * self.logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + self.std * noise
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+
+def _check_batch(x: torch.Tensor, channels: int, what: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4 or x.shape[1] != channels:
+        raise ValueError(f"{what} must have shape (B, {channels}, H, W), got {tuple(x.shape)}")
+
+
+class ContinuousVAE(nn.Module):
+    """A diffusers AutoencoderKL plus its latent normalisation (read from the diffusers config)."""
+
+    def __init__(self, autoencoder: nn.Module):
+        super().__init__()
+        self.autoencoder = autoencoder
+        cfg = autoencoder.config
+        self.scaling_factor = float(cfg.scaling_factor if cfg.scaling_factor is not None else 1.0)
+        self.shift_factor = float(cfg.shift_factor if cfg.shift_factor is not None else 0.0)
+
+    # ---- properties ----
+    @property
+    def config(self) -> dict:
+        """The diffusers config as a plain JSON-able dict; from_config(vae.config) rebuilds the VAE."""
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dict(self.autoencoder.config).items() if not k.startswith("_")}
+
+    @property
+    def latent_channels(self) -> int:
+        return self.autoencoder.config.latent_channels
+
+    @property
+    def in_channels(self) -> int:
+        return self.autoencoder.config.in_channels
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.autoencoder.config.block_out_channels) - 1)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    # ---- normalisation: the one place ----
+    def normalize(self, z_raw: torch.Tensor) -> torch.Tensor:
+        return (z_raw - self.shift_factor) * self.scaling_factor
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z / self.scaling_factor + self.shift_factor
+
+    # ---- encode / decode ----
+    def encode(self, images: torch.Tensor) -> Posterior:
+        """images in [-1, 1], (B, C, H, W) -> posterior over the raw latent (after quant_conv)."""
+        _check_batch(images, self.in_channels, "images")
+        ae = self.autoencoder
+        moments = ae.encoder(images)
+        if ae.quant_conv is not None:
+            moments = ae.quant_conv(moments)
+        return Posterior.from_moments(moments)
+
+    def latent(self, images: torch.Tensor, mode: str = "sample",
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Normalised latent of images: a posterior sample (the release's choice) or its mean."""
+        if mode not in LATENT_MODES:
+            raise ValueError(f"mode must be one of {LATENT_MODES}, got {mode!r}")
+        posterior = self.encode(images)
+        raw = posterior.sample(generator) if mode == "sample" else posterior.mode()
+        return self.normalize(raw)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Normalised latent -> images (roughly in [-1, 1])."""
+        _check_batch(z, self.latent_channels, "latent")
+        ae = self.autoencoder
+        raw = self.denormalize(z)
+        if ae.post_quant_conv is not None:
+            raw = ae.post_quant_conv(raw)
+        return ae.decoder(raw)
+
+    def freeze(self) -> "ContinuousVAE":
+        """No gradients to any weight, eval mode; returns self."""
+        self.requires_grad_(False)
+        return self.eval()
+
+    # ---- constructors ----
+    @classmethod
+    def from_config(cls, config: Mapping) -> "ContinuousVAE":
+        from diffusers import AutoencoderKL
+
+        kwargs = {k: v for k, v in dict(config).items() if not k.startswith("_")}
+        try:
+            return cls(AutoencoderKL(**kwargs))
+        except TypeError as err:
+            raise ValueError(f"not a valid diffusers AutoencoderKL config: {err}") from err
+
+    @classmethod
+    def small(cls, seed: int | None = None, **overrides) -> "ContinuousVAE":
+        """Random-init small KL-VAE (SMALL_VAE, updated by overrides); block types follow the depth."""
+        config = {**SMALL_VAE, **overrides}
+        depth = len(config["block_out_channels"])
+        config.setdefault("down_block_types", ["DownEncoderBlock2D"] * depth)
+        config.setdefault("up_block_types", ["UpDecoderBlock2D"] * depth)
+        if seed is None:
+            return cls.from_config(config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls.from_config(config)
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str | os.PathLike, subfolder: str | None = None) -> "ContinuousVAE":
+        """Load a diffusers AutoencoderKL from a local directory (save_pretrained layout) or a hub id.
+        With HF_HUB_OFFLINE=1 a hub id is looked up in the local cache only."""
+        from diffusers import AutoencoderKL
+
+        location = Path(path_or_hub_id).expanduser()
+        if location.exists():
+            return cls(_load_local(AutoencoderKL, location, subfolder))
+        text = str(path_or_hub_id)
+        if text.startswith(("/", ".", "~")) or text.count("/") != 1:
+            raise FileNotFoundError(
+                f"VAE directory {text!r} does not exist. Pass a directory written by "
+                "AutoencoderKL.save_pretrained (config.json + weights) or a hub id 'org/name'.")
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+        try:
+            model = AutoencoderKL.from_pretrained(text, subfolder=subfolder, local_files_only=offline)
+        except Exception as err:  # hub errors have many types; all mean "not available here"
+            hint = ("HF_HUB_OFFLINE=1, so only the local Hugging Face cache was searched. "
+                    if offline else "")
+            raise FileNotFoundError(
+                f"could not load the diffusers VAE {text!r}"
+                f"{f' (subfolder {subfolder!r})' if subfolder else ''}: {str(err).rstrip('.')}. {hint}"
+                "Download it where there is network (huggingface-cli download) and pass the local "
+                "directory instead.") from err
+        return cls(model)
+
+    @classmethod
+    def from_ldm_state_dict(cls, state_dict: Mapping[str, torch.Tensor],
+                            settings: Mapping | None = None) -> "ContinuousVAE":
+        """An LDM-layout KL-VAE state dict (MAR kl16 by default), strictly mapped onto diffusers."""
+        from coda.compat import ldm  # lazy: coda.compat imports this module
+
+        settings = ldm.MAR_KL16 if settings is None else settings
+        vae = cls.from_config(ldm.diffusers_config(settings))
+        vae.autoencoder.load_state_dict(ldm.ldm_to_diffusers(state_dict, settings), strict=True)
+        return vae
+
+    @classmethod
+    def from_mar(cls, path: str | os.PathLike, settings: Mapping | None = None) -> "ContinuousVAE":
+        """MAR's kl16.safetensors (LDM layout, strict key and shape check)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"MAR VAE weights {str(path)!r} not found (expected MAR's kl16.safetensors)")
+        from coda.compat.io import read_state_dict
+
+        return cls.from_ldm_state_dict(read_state_dict(path), settings)
+
+
+def _load_local(model_cls, location: Path, subfolder: str | None):
+    directory = location / subfolder if subfolder else location
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"{str(directory)!r} is not a diffusers model directory (no config.json). Pass the folder "
+            "written by AutoencoderKL.save_pretrained, or its parent with subfolder='vae'.")
+    class_name = json.loads(config_file.read_text()).get("_class_name")
+    if class_name not in (None, "AutoencoderKL"):
+        raise ValueError(f"{str(config_file)!r} describes a {class_name}, not a diffusers AutoencoderKL")
+    return model_cls.from_pretrained(str(location), subfolder=subfolder, local_files_only=True)
