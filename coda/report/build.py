@@ -1,0 +1,68 @@
+"""The report stage: tables, figures and a README from all metrics files and the published numbers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import figures, readme, tables
+
+ORIGINAL = "original"  # key of recon_samples that holds the validation images themselves
+FIGURE_NAMES = {"grid": "reconstructions.png", "usage": "code_usage.png", "curves": "training_curves.png"}
+
+
+def _images(source, count: int) -> np.ndarray:
+    array = source if isinstance(source, np.ndarray) else np.load(source, mmap_mode="r")
+    return np.ascontiguousarray(array[:count])
+
+
+def _grid_rows(metrics: dict[str, dict], recon_samples: dict, order: list[str], count: int) -> list:
+    rows = []
+    if ORIGINAL in recon_samples:
+        rows.append(("original", _images(recon_samples[ORIGINAL], count)))
+    for name in order + sorted(set(recon_samples) - set(order) - {ORIGINAL}):
+        if name in recon_samples:
+            m = metrics.get(name, {})
+            label = f"{name}\n(VAE ceiling)" if tables.is_ceiling(m) else name
+            if m.get("psnr") is not None:
+                label += f"\nPSNR {m['psnr']:.1f}"
+            rows.append((label, _images(recon_samples[name], count)))
+    return rows
+
+
+def build_report(metrics_dir, reported_csv, out_dir, experiments_meta: dict | None = None,
+                 train_logs: dict | None = None, recon_samples: dict | None = None,
+                 code_counts: dict | None = None, grid_columns: int = 8) -> dict[str, Path]:
+    """Write ``table1.csv``, ``ablation.csv``, ``figures/*.png`` and ``README.md`` under ``out_dir``.
+
+    ``experiments_meta``: experiment name -> its config block (``method``/``vae`` labels,
+    ``quantizer.kind``, ``lora``), also the row order. ``train_logs``: name -> train_log.tsv.
+    ``recon_samples``: name -> uint8 N x H x W x 3 .npy (or array), plus ``"original"`` -> the
+    validation images. ``code_counts``: name -> the evaluator's code histogram .npy.
+    Returns the written paths.
+    """
+    out_dir = Path(out_dir)
+    experiments_meta = experiments_meta or {}
+    metrics = tables.load_metrics(metrics_dir)
+    order = tables.experiment_order(metrics, experiments_meta)
+    metrics = {name: metrics[name] for name in order}
+    reported = tables.load_reported(reported_csv)
+
+    table1 = tables.table1(metrics, reported, experiments_meta)
+    ablation = tables.ablation(metrics, reported)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {"table1": out_dir / "table1.csv", "ablation": out_dir / "ablation.csv"}
+    table1.to_csv(written["table1"], index=False)
+    ablation.to_csv(written["ablation"], index=False)
+
+    figure_dir = out_dir / "figures"
+    counts = {name: np.load(path) for name, path in (code_counts or {}).items() if Path(path).is_file()}
+    written["grid"] = figures.reconstruction_grid(
+        _grid_rows(metrics, recon_samples or {}, order, grid_columns), figure_dir / FIGURE_NAMES["grid"],
+        grid_columns)
+    written["usage"] = figures.code_usage(metrics, counts, figure_dir / FIGURE_NAMES["usage"])
+    written["curves"] = figures.training_curves(train_logs or {}, figure_dir / FIGURE_NAMES["curves"])
+
+    written["readme"] = out_dir / "README.md"
+    written["readme"].write_text(readme.render(metrics, table1, ablation, list(FIGURE_NAMES.values())))
+    return written

@@ -1,0 +1,119 @@
+"""PNG figures: reconstruction grid, code usage per scale, training curves.
+
+Built on matplotlib's object API with the Agg canvas, so no global backend (and no display) is
+involved. A figure without data still becomes a PNG that says what is missing.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DPI = 120
+LABEL_SIZE = 10
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(figure)
+    figure.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def placeholder(path: Path, title: str, message: str) -> Path:
+    figure = Figure(figsize=(6, 2), layout="constrained")
+    axes = figure.add_subplot()
+    axes.set_axis_off()
+    axes.set_title(title)
+    axes.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=LABEL_SIZE)
+    return _save(figure, path)
+
+
+def reconstruction_grid(rows: list[tuple[str, np.ndarray]], path: Path, columns: int = 8) -> Path:
+    """One row per (label, K x H x W x 3 uint8 images): originals, the VAE, each experiment."""
+    if not rows:
+        return placeholder(path, "Reconstructions", "no reconstruction samples were given")
+    columns = min(columns, max(len(images) for _, images in rows))
+    figure = Figure(figsize=(1.3 * columns + 2.2, 1.4 * len(rows)), layout="constrained")
+    grid = figure.subplots(len(rows), columns, squeeze=False)
+    for row, (label, images) in enumerate(rows):
+        for column in range(columns):
+            axes = grid[row][column]
+            axes.set_xticks([])
+            axes.set_yticks([])
+            if column < len(images):
+                axes.imshow(images[column], interpolation="nearest")
+            else:
+                axes.set_axis_off()
+        grid[row][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=LABEL_SIZE)
+    figure.suptitle("Validation images and their reconstructions (first images of the set)")
+    return _save(figure, path)
+
+
+def code_usage(metrics: dict[str, dict], code_counts: dict[str, np.ndarray], path: Path) -> Path:
+    """Left: utilization per scale. Right: pooled code frequency by rank (sorted usage curve)."""
+    quantized = {name: m for name, m in metrics.items() if m.get("utilization_per_scale")}
+    if not quantized:
+        return placeholder(path, "Code usage", "no metrics file with code statistics")
+    figure = Figure(figsize=(12, 4.5), layout="constrained")
+    per_scale, curve = figure.subplots(1, 2)
+    all_scales = set()
+    for name, m in quantized.items():  # x = token map side, so single- and multi-scale runs line up
+        scales = m.get("scales") or list(range(1, len(m["utilization_per_scale"]) + 1))
+        all_scales.update(scales)
+        per_scale.plot(scales, [100 * u for u in m["utilization_per_scale"]], marker="o", label=name)
+    per_scale.set_xticks(sorted(all_scales), [f"{s}x{s}" for s in sorted(all_scales)], rotation=45)
+    per_scale.set_xlabel("scale (token map size)")
+    per_scale.set_ylabel("codes used at least once (% of codebook)")
+    per_scale.set_title("Codebook utilization per scale")
+    per_scale.set_ylim(0, 105)
+    per_scale.legend(fontsize=8)
+    for name, counts in code_counts.items():
+        pooled = np.sort(np.asarray(counts).reshape(len(counts), -1).sum(0))[::-1]
+        if pooled.sum() == 0:
+            continue
+        rank = np.arange(1, len(pooled) + 1) / len(pooled)
+        curve.plot(rank, pooled / pooled.sum(), label=name)
+    if code_counts:
+        curve.set_yscale("log")
+        curve.set_xlabel("code rank (fraction of codebook, most used first)")
+        curve.set_ylabel("share of all tokens (log)")
+        curve.set_title("Sorted code usage, all scales pooled")
+        curve.legend(fontsize=8)
+    else:
+        curve.set_axis_off()
+        curve.text(0.5, 0.5, "no code histograms given", ha="center", va="center")
+    return _save(figure, path)
+
+
+def training_curves(train_logs: dict[str, Path], path: Path, max_panels: int = 6) -> Path:
+    """One panel per logged quantity (loss terms, learning rate), one line per experiment."""
+    logs = {name: pd.read_csv(log, sep="\t") for name, log in train_logs.items() if Path(log).is_file()}
+    logs = {name: frame for name, frame in logs.items() if "step" in frame and len(frame)}
+    if not logs:
+        return placeholder(path, "Training curves", "no training logs (train_log.tsv) were given")
+    quantities = []
+    for frame in logs.values():
+        quantities += [c for c in frame.columns if c not in {"step", "epoch"} and c not in quantities
+                       and pd.api.types.is_numeric_dtype(frame[c])]
+    quantities = sorted(quantities, key=lambda c: (c == "lr", c != "loss"))[:max_panels]
+    figure = Figure(figsize=(4.5 * min(3, len(quantities)), 3.6 * ((len(quantities) + 2) // 3)),
+                    layout="constrained")
+    panels = figure.subplots((len(quantities) + 2) // 3, min(3, len(quantities)), squeeze=False).ravel()
+    for axes, quantity in zip(panels, quantities):
+        for name, frame in logs.items():
+            if quantity in frame:
+                axes.plot(frame["step"], frame[quantity], label=name, linewidth=1)
+        axes.set_title(quantity)
+        axes.set_xlabel("step")
+        if quantity == "lr":
+            axes.set_ylabel("learning rate")
+            axes.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+        axes.legend(fontsize=8)
+    for axes in panels[len(quantities):]:
+        axes.set_axis_off()
+    figure.suptitle("Training curves (train_log.tsv)")
+    return _save(figure, path)

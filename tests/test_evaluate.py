@@ -1,0 +1,251 @@
+"""Evaluation: metric functions, exact code usage, the streamed evaluator and the rFID path.
+
+The rFID test uses Inception-v3 weights that are RANDOM and TEST-ONLY (made here, calibrated so the
+features are not vanishingly small); they only exercise the code path and are flagged as not
+official in the metrics file.
+"""
+import json
+import math
+from types import SimpleNamespace
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from coda.evaluation import (CodeUsage, FrechetStatistics, evaluate_tokenizer, perplexity, psnr_uint8,
+                             resolve_inception_weights, ssim_uint8, to_uint8)
+from coda.evaluation.frechet import OFFICIAL_INCEPTION_FILE
+from coda.hashing import file_sha256
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+# ---- fixtures ---------------------------------------------------------------------------------
+
+def photo_crops(count: int, size: int = 64) -> np.ndarray:
+    """Real photographs (bundled with scikit-image), downscaled: natural-image statistics."""
+    from skimage import data
+    from skimage.transform import resize
+
+    photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
+    crops = [resize(photos[i % len(photos)][(i // 4) * 40:][:300, :300], (size, size), anti_aliasing=True)
+             for i in range(count)]
+    return (np.stack(crops) * 255).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def val_npy(tmp_path_factory):
+    path = tmp_path_factory.mktemp("val") / "val.npy"
+    np.save(path, photo_crops(4))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def no_torch_fidelity_cache(tmp_path, monkeypatch):
+    """An empty torch hub dir: the official Inception weights are never found by accident."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+class DistortingVAE(nn.Module):
+    """Stands in for the continuous VAE: latent = image, decode = ``distort(image)``."""
+
+    downsample_factor = 1
+
+    def __init__(self, distort=lambda x, generator: x):
+        super().__init__()
+        self.distort = distort
+
+    def latent(self, images, mode="sample", generator=None):
+        return images
+
+    def decode(self, z, generator=None):
+        return self.distort(z, self.generator)
+
+
+def evaluate_distortion(val_npy, distort, **kwargs):
+    vae = DistortingVAE(distort)
+    vae.generator = torch.Generator().manual_seed(0)
+    return evaluate_tokenizer(None, vae, val_npy, batch_size=3, device="cpu", progress=False, **kwargs)
+
+
+def gaussian_noise(sigma):
+    return lambda x, g: x + sigma * torch.randn(x.shape, generator=g)
+
+
+class IndexReplayTokenizer(nn.Module):
+    """Identity reconstruction; hands out a fixed per-image index set, batch after batch."""
+
+    def __init__(self, per_image_indices, codebook_size):
+        super().__init__()
+        self.per_image, self.cursor, self.posterior, self.lora = per_image_indices, 0, "sample", None
+        self.vae = DistortingVAE()
+        self.quantizer = SimpleNamespace(codebook_size=codebook_size, scales=[len(m) for m in per_image_indices[0]],
+                                         config={"kind": "replay"})
+
+    def forward(self, images, generator=None):
+        batch = self.per_image[self.cursor:self.cursor + len(images)]
+        self.cursor += len(images)
+        indices = [torch.tensor([image[s] for image in batch]) for s in range(len(self.quantizer.scales))]
+        return images, SimpleNamespace(indices=indices)
+
+
+@pytest.fixture(scope="session")
+def test_only_inception_weights(tmp_path_factory):
+    """torch-fidelity's FeatureExtractorInceptionV3 built without downloading (random init), its
+    BatchNorm statistics set from one batch of random images, saved as a state dict. TEST ONLY."""
+    import torch_fidelity.feature_extractor_inceptionv3 as inception
+
+    with mock.patch.object(inception, "load_state_dict_from_url", lambda *args, **kwargs: None), \
+            mock.patch.object(inception.FeatureExtractorInceptionV3, "load_state_dict", lambda *a, **k: None):
+        model = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = None  # running stats = this batch's stats
+    model.train()
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(0)
+        model(torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8))
+    path = tmp_path_factory.mktemp("inception") / "random-test-only-inception.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+# ---- pure metrics ----------------------------------------------------------------------------
+
+def test_psnr_identical_is_capped_and_known_value():
+    image = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    assert psnr_uint8(image, image).tolist() == [100.0, 100.0]
+    zeros = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+    assert psnr_uint8(zeros, zeros + 1).item() == pytest.approx(20 * math.log10(255))
+
+
+def test_ssim_and_psnr_order_blur_levels():
+    images = torch.from_numpy(photo_crops(2)).permute(0, 3, 1, 2)
+    blur = lambda k: F.avg_pool2d(images.float(), k, stride=1, padding=k // 2,  # noqa: E731
+                                  count_include_pad=False).round().to(torch.uint8)
+    assert ssim_uint8(images, images).tolist() == pytest.approx([1.0, 1.0])
+    assert (psnr_uint8(images, blur(3)) > psnr_uint8(images, blur(7))).all()
+    assert (ssim_uint8(images, blur(3)) > ssim_uint8(images, blur(7))).all()
+
+
+def test_to_uint8_rounds_and_clamps():
+    assert to_uint8(torch.tensor([-2.0, -1.0, 0.0, 1.0, 3.0])).tolist() == [0, 0, 128, 255, 255]
+
+
+def test_code_usage_is_exact_on_hand_made_indices():
+    usage = CodeUsage(codebook_size=8, num_scales=2)
+    usage.update([torch.tensor([[[0]], [[1]]]), torch.tensor([[[2, 3], [2, 2]], [[2, 3], [2, 2]]])])
+    usage.update([torch.tensor([[[0]]]), torch.tensor([[[7, 7], [7, 7]]])])
+    assert usage.counts.tolist() == [[2, 1, 0, 0, 0, 0, 0, 0], [0, 0, 6, 2, 0, 0, 0, 4]]
+    summary = usage.summary()
+    assert summary["utilization_per_scale"] == [2 / 8, 3 / 8]
+    assert summary["codebook_utilization"] == 5 / 8
+    p = np.array([2, 1, 6, 2, 4]) / 15
+    assert summary["code_perplexity"] == pytest.approx(math.exp(-(p * np.log(p)).sum()))
+    assert perplexity(torch.tensor([5, 5, 0, 5, 5])) == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="outside"):
+        usage.update([torch.tensor([[[8]]]), torch.tensor([[[0, 0], [0, 0]]])])
+
+
+def test_streamed_statistics_match_numpy():
+    features = torch.randn(10, 5, dtype=torch.float64)
+    stats = FrechetStatistics()
+    for chunk in features.split(3):
+        stats.update(chunk)
+    result = stats.statistics()
+    assert np.allclose(result["mu"], features.mean(0).numpy())
+    assert np.allclose(result["sigma"], np.cov(features.numpy(), rowvar=False))
+
+
+# ---- the evaluator ---------------------------------------------------------------------------
+
+def test_identical_images_give_zero_distances_and_capped_psnr(val_npy, tmp_path):
+    out = tmp_path / "metrics" / "identity.json"
+    result = evaluate_distortion(val_npy, lambda x, g: x, out_json=out,
+                                 meta={"experiment": "identity", "dataset": "photos", "crop": "center",
+                                       "ema": False})
+    assert json.loads(out.read_text()) == result
+    # sqrt of eigenvalues that are 0 up to round-off (the covariances have rank 3) leaves ~1e-5
+    assert abs(result["rfd_vgg16"]) < 1e-3
+    assert result["lpips_vgg"] == 0 and result["lpips_alex"] == 0
+    assert result["psnr"] == result["psnr_cap_db"] == 100.0
+    assert result["ssim"] == pytest.approx(1.0)
+    # no Inception weights anywhere: rFID is missing with a reason, never a number
+    assert result["rfid"] is None and "not available" in result["rfid_missing_reason"]
+    assert result["kind"] == "continuous_vae" and result["codebook_utilization"] is None
+    for field in ("dataset", "num_images", "crop", "resolution", "posterior", "ema", "checkpoint_sha256",
+                  "library_versions"):
+        assert field in result
+    assert result["num_images"] == 4 and result["resolution"] == 64 and result["posterior"] == "sample"
+    assert set(result["library_versions"]) >= {"torch", "torch_fidelity", "lpips", "scikit_image", "coda"}
+
+
+def test_stronger_noise_scores_worse_on_every_metric(val_npy):
+    mild = evaluate_distortion(val_npy, gaussian_noise(0.03))
+    strong = evaluate_distortion(val_npy, gaussian_noise(0.3))
+    assert mild["psnr"] > strong["psnr"] and mild["ssim"] > strong["ssim"]
+    assert 0 < mild["lpips_vgg"] < strong["lpips_vgg"] and 0 < mild["lpips_alex"] < strong["lpips_alex"]
+    assert 0 < mild["rfd_vgg16"] < strong["rfd_vgg16"]
+
+
+def test_evaluator_counts_codes_exactly_across_uneven_batches(tmp_path):
+    val = tmp_path / "val.npy"
+    np.save(val, np.zeros((5, 8, 8, 3), np.uint8))  # codes come from the replay, not the pixels
+    per_image = [[[[k % 2]], [[2, 3], [2, 2]]] for k in range(5)]
+    counts_path = tmp_path / "code_counts.npy"
+    result = evaluate_tokenizer(IndexReplayTokenizer(per_image, codebook_size=8), None, val, batch_size=2,
+                                device="cpu", progress=False, perceptual=False, code_counts_out=counts_path,
+                                recon_samples_out=tmp_path / "recon.npy", num_recon_samples=3)
+    assert np.load(counts_path).tolist() == [[3, 2, 0, 0, 0, 0, 0, 0], [0, 0, 15, 5, 0, 0, 0, 0]]
+    assert result["utilization_per_scale"] == [2 / 8, 2 / 8] and result["codebook_utilization"] == 4 / 8
+    assert result["indices_per_image"] == 5 and result["bits_per_image"] == 15.0
+    assert np.load(tmp_path / "recon.npy").shape == (3, 8, 8, 3)
+    assert result["lpips_vgg"] is None and "skipped" in result["lpips_missing_reason"]
+
+
+def test_real_tokenizer_runs_and_hashes_its_checkpoint(tmp_path):
+    from coda.quantizers import build_quantizer
+    from coda.tokenizer import Tokenizer
+    from coda.vae import ContinuousVAE
+
+    tokenizer = Tokenizer(ContinuousVAE.small(seed=0), build_quantizer(kind="coda", codebook_size=32, dim=16,
+                                                                       scales=[1, 2, 4]), posterior="sample")
+    directory = tokenizer.save_pretrained(tmp_path / "tok")
+    val = tmp_path / "val.npy"
+    np.save(val, photo_crops(2, size=32))
+    result = evaluate_tokenizer(tokenizer, None, val, batch_size=2, posterior="mean", device="cpu",
+                                progress=False, perceptual=False, meta={"checkpoint": directory})
+    assert result["checkpoint_sha256"] == file_sha256(directory / "model.safetensors")
+    assert result["posterior"] == "mean" and tokenizer.posterior == "sample"  # restored
+    assert result["indices_per_image"] == 21 and result["bits_per_image"] == 21 * 5
+    assert result["downsample"] == 8 and 0 < result["codebook_utilization"] <= 1
+    assert result["quantizer_kind"] == "coda" and result["lora"] is None
+
+
+# ---- rFID --------------------------------------------------------------------------------------
+
+def test_rfid_path_runs_with_test_only_weights_and_says_so(val_npy, test_only_inception_weights, tmp_path):
+    out = tmp_path / "rfid.json"
+    result = evaluate_distortion(val_npy, gaussian_noise(0.3), out_json=out,
+                                 inception_weights=test_only_inception_weights, perceptual=False)
+    assert result["rfid"] is not None and result["rfid"] > 0 and result["rfid_missing_reason"] is None
+    weights = json.loads(out.read_text())["rfid_weights"]
+    assert weights["official"] is False and result["rfid_official_weights"] is False
+    assert "NOT" in weights["warning"] and weights["sha256"] == file_sha256(test_only_inception_weights)
+
+
+def test_inception_weights_from_torch_fidelity_cache_are_checked(test_only_inception_weights, tmp_path,
+                                                                   monkeypatch):
+    assert resolve_inception_weights(None)[0] is None
+    cached = tmp_path / "torch_home" / "hub" / "checkpoints" / OFFICIAL_INCEPTION_FILE
+    cached.parent.mkdir(parents=True)
+    cached.symlink_to(test_only_inception_weights)
+    path, info = resolve_inception_weights(None)
+    assert path == cached and info["source"] == "torch-fidelity cache"
+    assert info["official"] is False  # right name, wrong hash: not mistaken for the official file
+    with pytest.raises(FileNotFoundError):
+        resolve_inception_weights(tmp_path / "absent.pth")

@@ -1,0 +1,128 @@
+"""Report stage on synthetic metrics files: exact columns, the ablation ladder, valid PNGs, README."""
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from coda.report import ABLATION_COLUMNS, TABLE1_COLUMNS, build_report
+from coda.report.cli import main as report_main
+
+REPO = Path(__file__).resolve().parents[1]
+REPORTED = REPO / "references" / "reported.csv"
+
+
+def metrics_file(kind="tokenizer", rfid=None, official=False, **extra):
+    base = {"kind": kind, "rfid": rfid, "rfid_official_weights": official,
+            "rfid_missing_reason": None if rfid is not None else "Inception-v3 weights not available offline",
+            "rfd_vgg16": 12.5, "psnr": 24.0, "ssim": 0.7, "lpips_vgg": 0.2, "lpips_alex": 0.1,
+            "dataset": "demo-photos", "num_images": 16, "crop": "center", "resolution": 64, "posterior": "sample",
+            "ema": True, "checkpoint_sha256": "ab" * 32, "downsample": 8,
+            "library_versions": {"torch": "2.14.1", "torch_fidelity": "0.4.0"},
+            "psnr_cap_db": 100.0, "ssim_implementation": "skimage"}
+    if kind == "tokenizer":
+        base.update({"codebook_size": 64, "scales": [1, 2, 4, 8], "indices_per_image": 85, "bits_per_image": 510.0,
+                     "codebook_utilization": 0.75, "utilization_per_scale": [0.02, 0.06, 0.25, 0.7]})
+    else:
+        base.update({"codebook_size": None, "indices_per_image": None, "bits_per_image": None,
+                     "codebook_utilization": None, "utilization_per_scale": None, "ema": None})
+    return {**base, **extra}
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    files = {"vae": metrics_file("continuous_vae"),
+             "coda": metrics_file(rfid=3.0, official=True),
+             "ablate_vq": metrics_file(rfid=9.0, official=False,  # test-only weights: kept out of the tables
+                                       rfid_weights={"warning": "NOT the official weights"}),
+             "ablate_rvq": metrics_file()}
+    for name, data in files.items():
+        (metrics_dir / f"{name}.json").write_text(json.dumps(data))
+    rng = np.random.default_rng(0)
+    samples, logs, counts = {}, {}, {}
+    for name in ("original", "vae", "coda", "ablate_vq"):
+        samples[name] = tmp_path / f"{name}_recon.npy"
+        np.save(samples[name], rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8))
+    for name in ("coda", "ablate_vq"):
+        logs[name] = tmp_path / f"{name}_train_log.tsv"
+        pd.DataFrame({"step": [1, 2, 3], "epoch": [0, 0, 1], "lr": [5e-4, 4e-4, 1e-4],
+                      "loss": [1.0, 0.7, 0.5], "vq_loss": [0.3, 0.2, 0.1]}).to_csv(logs[name], sep="\t", index=False)
+        counts[name] = tmp_path / f"{name}_counts.npy"
+        np.save(counts[name], rng.integers(0, 5, (4, 64)))
+    meta = {"ablate_vq": {"quantizer": {"kind": "vq"}, "lora": None}, "ablate_rvq": {"quantizer": {"kind": "rvq"}},
+            "coda": {"quantizer": {"kind": "coda"}, "lora": {"rank": 32}, "vae": "small KL-VAE f8"}}
+    return {"metrics_dir": metrics_dir, "meta": meta, "logs": logs, "samples": samples, "counts": counts}
+
+
+def test_report_tables_figures_and_readme(inputs, tmp_path):
+    out = tmp_path / "results"
+    written = build_report(inputs["metrics_dir"], REPORTED, out, inputs["meta"], inputs["logs"],
+                           inputs["samples"], inputs["counts"])
+
+    table = pd.read_csv(out / "table1.csv", dtype={"downsample": str})
+    assert list(table.columns) == TABLE1_COLUMNS
+    computed = table[table["source"] == "computed"]
+    reported_count = sum(1 for _ in csv.DictReader(REPORTED.open()))
+    assert list(computed["experiment"]) == ["vae", "ablate_vq", "ablate_rvq", "coda"]  # ceiling first, then config order
+    assert len(table) == 4 + reported_count and table["source"].notna().all()
+    coda = computed.set_index("experiment").loc["coda"]
+    assert coda["rfid"] == 3.0 and coda["method"].endswith("+ LoRA") and coda["vae"] == "small KL-VAE f8"
+    assert pd.isna(computed.set_index("experiment").loc["ablate_vq", "rfid"])  # non-official weights
+    assert computed.set_index("experiment").loc["vae", "method"].startswith("continuous VAE")
+    assert "680," in (out / "table1.csv").read_text() and "680.0" not in (out / "table1.csv").read_text()
+    headline = table[(table["source"] != "computed") & (table["rfid"] == 1.34)].iloc[0]
+    assert headline["bits_per_image"] == pytest.approx(680 * 14)
+
+    ablation = pd.read_csv(out / "ablation.csv")
+    assert list(ablation.columns) == ABLATION_COLUMNS
+    assert list(ablation["experiment"]) == ["ablate_vq", "ablate_rvq", "ablate_attn", "coda"]
+    assert list(ablation["rfid_reported"]) == [41.52, 14.23, 7.06, 1.34]
+    assert ablation["rfid_computed"].isna().tolist() == [True, True, True, False]
+    assert ablation["psnr_computed"].isna().tolist() == [False, False, True, False]  # ablate_attn not run
+
+    for key in ("grid", "usage", "curves"):
+        with Image.open(written[key]) as image:
+            image.verify()
+            assert image.format == "PNG"
+        with Image.open(written[key]) as image:
+            assert min(image.size) > 150
+
+    text = (out / "README.md").read_text()
+    assert "Inception-v3 weights not available offline" in text and "NOT the official weights" in text
+    assert "`ablate_attn`" in text and "demo-photos" in text and "`abababababab`" in text
+
+
+def test_report_without_optional_inputs_still_writes_every_file(tmp_path):
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    written = build_report(metrics_dir, REPORTED, tmp_path / "out")
+    for path in written.values():
+        assert path.is_file()
+    assert len(pd.read_csv(written["ablation"])) == 4
+    with Image.open(written["curves"]) as image:
+        assert image.format == "PNG"
+
+
+def test_report_command_line(inputs, tmp_path):
+    experiments = tmp_path / "params.json"
+    experiments.write_text(json.dumps({"experiments": inputs["meta"]}))
+    shutil.copy(REPORTED, tmp_path / "reported.csv")
+    report_main(["--metrics", str(inputs["metrics_dir"]), "--reported", str(tmp_path / "reported.csv"),
+                 "--out", str(tmp_path / "cli"), "--experiments", str(experiments),
+                 "--train-log", f"coda={inputs['logs']['coda']}", "--recon", f"original={inputs['samples']['original']}",
+                 "--recon", f"coda={inputs['samples']['coda']}", "--code-counts", f"coda={inputs['counts']['coda']}"])
+    assert (tmp_path / "cli" / "figures" / "reconstructions.png").is_file()
+    assert (tmp_path / "cli" / "table1.csv").read_text().startswith(",".join(TABLE1_COLUMNS))
+
+
+def test_references_copy_matches_shared(shared_dir):
+    shared = shared_dir / "data" / "reported.csv"
+    if not shared.is_file():
+        pytest.skip("shared/ not present")
+    assert REPORTED.read_bytes() == shared.read_bytes()
