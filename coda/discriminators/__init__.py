@@ -1,0 +1,27 @@
+"""Discriminators, chosen by name: ``patchgan`` (no pretrained weights) or ``dino`` (needs DINO ViT-S/16)."""
+from __future__ import annotations
+
+from .dino import DinoDiscriminator, find_dino_weights, load_dino_backbone, missing_weights_message
+from .patchgan import PatchGAN
+
+KINDS = ("patchgan", "dino")
+
+
+def check_discriminator(kind: str, dino_weights=None) -> None:
+    """Fail fast (before any data or model is loaded) when the discriminator cannot be built."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown discriminator {kind!r}; choose one of {KINDS}")
+    if kind == "dino" and find_dino_weights(dino_weights) is None:
+        raise FileNotFoundError(missing_weights_message(dino_weights))
+
+
+def build_discriminator(kind: str = "patchgan", *, dino_weights=None, channels: int = 64, n_layers: int = 3):
+    """The module has a JSON-able ``config`` recording which discriminator ran."""
+    check_discriminator(kind, dino_weights)
+    if kind == "dino":
+        return DinoDiscriminator(load_dino_backbone(dino_weights), weights=str(dino_weights))
+    return PatchGAN(channels=channels, n_layers=n_layers)
+
+
+__all__ = ["KINDS", "PatchGAN", "DinoDiscriminator", "build_discriminator", "check_discriminator",
+           "load_dino_backbone"]

@@ -1,0 +1,96 @@
+"""``TrainConfig``: the ``train:`` block of an experiment in params.yaml, with the method's defaults."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+
+DATA_MODES = ("images", "latents")
+DISCRIMINATORS = ("auto", "patchgan", "dino")
+ADAPTIVE_LAYERS = ("auto", "f16", "f8", "decoder_input")
+
+
+@dataclass
+class TrainConfig:
+    # data and length
+    data_mode: str = "images"           # images: encoder -> quantizer -> decoder; latents: cached posteriors
+    batch_size: int = 16                # per process and micro-batch
+    grad_accum: int = 4                 # micro-batches per optimizer step
+    epochs: float = 10                  # run length when max_steps is unset
+    max_steps: int | None = None        # overrides epochs
+    seed: int = 42
+    # optimisation (method.md section 5)
+    lr: float = 5e-4
+    warmup_steps: int = 0
+    betas: tuple[float, float] = (0.5, 0.9)
+    weight_decay: float = 0.005         # generator: LoRA + quantizer
+    disc_weight_decay: float = 0.0005
+    grad_clip: float = 10.0
+    ema_max_decay: float = 0.9999
+    ema_start_epoch: int = 4            # before it the EMA copies the live weights
+    # loss weights (method.md section 4)
+    l1_weight: float = 0.2
+    mse_weight: float = 1.0
+    lpips_weight: float = 1.0
+    lpips_net: str = "vgg"
+    gan_weight: float = 1.0
+    adaptive_weight_max: float = 1e4
+    adaptive_layer: str = "auto"        # auto | f16 | f8 | decoder_input (see loop.adaptive_weight_target)
+    vq_weight: float = 1.0
+    entropy_weight: float = 0.05
+    latent_mse_weight: float = 1.0      # latents mode: mse(f_hat, z)
+    # discriminator (images mode); auto = dino when dino_weights is set, else patchgan
+    discriminator: str = "auto"
+    dino_weights: str | None = None     # facebook/dino-vits16 directory or model.safetensors
+    patchgan_channels: int = 64
+    patchgan_layers: int = 3
+    # bookkeeping
+    checkpoint_every: int = 1000
+    progress_interval: float = 30.0     # seconds between progress-bar refreshes
+    num_workers: int = 0
+    save_live: bool = False             # also write the live (non-EMA) tokenizer to tokenizer_live/
+    device: str = "auto"                # auto | cpu | cuda
+    # speed options, off by default for fidelity
+    bf16: bool = False
+    channels_last: bool = False
+    tf32: bool = False
+    compile: bool = False
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        checks = {
+            "data_mode": self.data_mode in DATA_MODES,
+            "discriminator": self.discriminator in DISCRIMINATORS,
+            "adaptive_layer": self.adaptive_layer in ADAPTIVE_LAYERS,
+            "batch_size": self.batch_size >= 1, "grad_accum": self.grad_accum >= 1,
+            "checkpoint_every": self.checkpoint_every >= 1,
+            "max_steps": self.max_steps is None or self.max_steps >= 1,
+            "epochs": self.max_steps is not None or self.epochs > 0,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                choices = {"data_mode": DATA_MODES, "discriminator": DISCRIMINATORS,
+                           "adaptive_layer": ADAPTIVE_LAYERS}.get(key)
+                raise ValueError(f"invalid train.{key}: {getattr(self, key)!r}"
+                                 + (f" (choose from {choices})" if choices else ""))
+
+    @property
+    def discriminator_kind(self) -> str:
+        if self.discriminator == "auto":
+            return "dino" if self.dino_weights else "patchgan"
+        return self.discriminator
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "TrainConfig":
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in values or {}:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+                raise ValueError(f"unknown key '{key}' in the train: block of the experiment config{hint}")
+        return cls(**(values or {}))
+
+    def to_dict(self) -> dict:
+        values = dataclasses.asdict(self)
+        values["betas"] = list(self.betas)
+        return values

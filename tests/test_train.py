@@ -1,0 +1,304 @@
+"""The trainer end to end on tiny models (CPU, one thread each, a handful of steps).
+
+Covers: an images-mode run (LoRA + PatchGAN + LPIPS) lowering the reconstruction loss, a
+latents-mode run using the codebook, NaN handling, resume after SIGKILL being bit-exact, and two
+processes staying in sync and matching one process with the same global batch.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from coda.train import NonFiniteLossError, train
+from coda.train.checkpoint import load_checkpoint
+from coda.train.loop import trainable_state
+
+LORA = {"rank": 4, "targets": ["conv1", "conv2", "upsample", "downsample"], "where": "both"}
+QUANTIZER = {"kind": "coda", "codebook_size": 32, "dim": 4, "attn_dim": 8, "scales": [1, 2, 4, 8]}
+SUBPROCESS_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+# Runs train() in a fresh process: kills itself with SIGKILL after step `kill_at`, and writes
+# every rank's final weights so that ranks and runs can be compared bitwise.
+RUNNER = r"""
+import json, os, signal, sys
+import torch
+torch.set_num_threads(1)
+from safetensors.torch import save_file
+from coda.train import train
+from coda.train.loop import trainable_state
+
+experiment, vae, out, images, kill_at = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+
+def on_step(step, values):
+    if step == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+result = train(experiment, vae, out, images=images, on_step=on_step)
+rank = int(os.environ.get("RANK", "0"))
+state = {f"model/{k}": v for k, v in trainable_state(result.tokenizer).items()}
+state.update({f"ema/{k}": v for k, v in trainable_state(result.ema_tokenizer, like=result.tokenizer).items()})
+state.update({f"disc/{k}": v for k, v in result.discriminator.state_dict().items()})
+save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(out, f"weights-rank{rank}.safetensors"))
+"""
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread per run: the machines are shared, and thread count must match subprocesses."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_vae(tmp_path_factory):
+    """A random-init diffusers KL-VAE, f4, 4 latent channels: 32 x 32 images -> 8 x 8 latents."""
+    from coda.vae import ContinuousVAE
+
+    directory = tmp_path_factory.mktemp("vae")
+    vae = ContinuousVAE.small(seed=0, block_out_channels=[8, 16, 16], norm_num_groups=8, latent_channels=4)
+    vae.autoencoder.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def photo_crops(tmp_path_factory):
+    """16 real 32 x 32 crops of scikit-image's astronaut (downscaled 4x), uint8 N x H x W x 3."""
+    from coda.data.photos import load_photo
+
+    image = load_photo("astronaut").astype(np.float32).reshape(128, 4, 128, 4, 3).mean((1, 3))
+    crops = np.stack([image[i:i + 32, j:j + 32] for i in range(0, 128, 32) for j in range(0, 128, 32)])
+    path = tmp_path_factory.mktemp("images") / "train.npy"
+    np.save(path, crops.round().astype(np.uint8))
+    return path
+
+
+def _latent_cache(directory, mean, logvar):
+    """The cache format of docs/interfaces.md: manifest.json + one fp16 shard."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({"mean": mean.half().contiguous(), "logvar": logvar.half().contiguous()},
+              directory / "train-00000.safetensors")
+    manifest = {"vae_hash": "test", "vae_config": {}, "preprocessing": {}, "dtype": "float16",
+                "latent_shape": list(mean.shape[1:]),
+                "splits": {"train": {"count": len(mean), "shards": ["train-00000.safetensors"]}}}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return directory
+
+
+def _images_experiment(**train):
+    settings = {"batch_size": 4, "grad_accum": 1, "max_steps": 6, "patchgan_channels": 8, "patchgan_layers": 2,
+                "lpips_weight": 0.0, "checkpoint_every": 2, "progress_interval": 5}
+    return {"quantizer": QUANTIZER, "lora": LORA, "posterior": "sample", "train": {**settings, **train}}
+
+
+def _reconstruction_error(tokenizer, images):
+    tokenizer.posterior = "mean"
+    with torch.no_grad():
+        return float(((tokenizer.reconstruct(images) - images) ** 2).mean())
+
+
+def test_images_mode_with_lora_and_patchgan_lowers_reconstruction_loss(tmp_path, tiny_vae, photo_crops):
+    from coda.data.datasets import ArrayImages
+    from coda.tokenizer import Tokenizer
+    from coda.train.loop import build_tokenizer
+
+    experiment = _images_experiment(max_steps=16, lr=5e-3, lpips_weight=1.0, save_live=True, checkpoint_every=8)
+    result = train(experiment, tiny_vae, tmp_path, images=photo_crops)
+    images = torch.stack([ArrayImages(photo_crops)[i] for i in range(16)])
+    torch.manual_seed(42)
+    before = _reconstruction_error(build_tokenizer(experiment, tiny_vae, "images"), images)
+    after = _reconstruction_error(Tokenizer.from_pretrained(tmp_path / "tokenizer"), images)
+    assert after < 0.97 * before, (before, after)
+    assert _reconstruction_error(Tokenizer.from_pretrained(tmp_path / "tokenizer_live"), images) < before
+
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["discriminator"]["kind"] == "patchgan" and run["data_mode"] == "images"
+    assert run["adaptive_weight_target"] == "f16" and run["lpips"] == "vgg" and run["status"] == "finished"
+    assert run["config"]["train"]["lr"] == 5e-3 and run["device"] == "cpu" and "torch" in run["versions"]
+    rows = [line.split("\t") for line in (tmp_path / "train_log.tsv").read_text().splitlines()]
+    header = rows[0]
+    assert header[:4] == ["step", "epoch", "lr", "loss"]
+    for column in ("l1", "mse", "lpips", "vq", "entropy", "gan_g", "adaptive_weight", "d_loss", "images_per_s"):
+        assert column in header
+    assert [int(r[0]) for r in rows[1:]] == list(range(1, 17))
+    assert result.step == 16 and load_checkpoint(tmp_path / "checkpoints/last.safetensors")["step"] == 16
+
+
+def test_latents_mode_coda_quantizer_uses_the_codebook(tmp_path, tiny_vae):
+    g = torch.Generator().manual_seed(0)
+    cache = _latent_cache(tmp_path / "cache", torch.randn(64, 4, 8, 8, generator=g), torch.full((64, 4, 8, 8), -6.0))
+    quantizer = {**QUANTIZER, "codebook_size": 16}
+    experiment = {"quantizer": quantizer, "lora": None, "posterior": "sample",
+                  "train": {"data_mode": "latents", "batch_size": 16, "grad_accum": 1, "max_steps": 80,
+                            "lr": 1e-2, "checkpoint_every": 80, "progress_interval": 5}}
+    result = train(experiment, tiny_vae, tmp_path / "out", latents=cache)
+    from coda.cache import LatentDataset
+
+    latents = result.ema_tokenizer.vae.normalize(LatentDataset(cache, "train").mean)
+    with torch.no_grad():
+        out = result.ema_tokenizer.quantizer(latents)
+    used = torch.unique(torch.cat([i.flatten() for i in out.indices])).numel()
+    assert used >= 0.9 * 16, used
+    rows = [line.split("\t") for line in (tmp_path / "out/train_log.tsv").read_text().splitlines()]
+    column = rows[0].index("latent_mse")
+    assert float(rows[-1][column]) < float(rows[1][column])
+    assert json.loads((tmp_path / "out/run.json").read_text())["discriminator"] is None
+
+
+class PoisonedLatents(torch.utils.data.Dataset):
+    """Finite latents until `poison` is set, NaN afterwards."""
+
+    def __init__(self, n=16):
+        self.mean = torch.randn(n, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+        self.poison = False
+
+    def __len__(self):
+        return len(self.mean)
+
+    def __getitem__(self, i):
+        mean = self.mean[i] * (float("nan") if self.poison else 1.0)
+        return mean, torch.full_like(mean, -6.0)
+
+
+def _latents_experiment(**train):
+    return {"quantizer": {**QUANTIZER, "codebook_size": 16}, "lora": None,
+            "train": {"data_mode": "latents", "batch_size": 8, "grad_accum": 1, "max_steps": 6,
+                      "checkpoint_every": 2, "progress_interval": 5, **train}}
+
+
+def test_nan_loss_stops_with_step_and_loss_named_and_keeps_last_checkpoint(tmp_path, tiny_vae):
+    data = PoisonedLatents()
+
+    def poison_after_step_3(step, values):
+        data.poison = step >= 3
+
+    with pytest.raises(NonFiniteLossError, match=r"step 4: loss 'latent_mse' is nan.*step 2\) is kept"):
+        train(_latents_experiment(), tiny_vae, tmp_path, latents=data, on_step=poison_after_step_3)
+    state = load_checkpoint(tmp_path / "checkpoints/last.safetensors")
+    assert state["step"] == 2
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert not (tmp_path / "tokenizer").exists()
+
+
+def test_resume_refuses_changed_settings(tmp_path, tiny_vae):
+    train(_latents_experiment(max_steps=2), tiny_vae, tmp_path, latents=PoisonedLatents())
+    with pytest.raises(ValueError, match="changed: train.lr"):
+        train(_latents_experiment(max_steps=2, lr=1e-3), tiny_vae, tmp_path, latents=PoisonedLatents())
+
+
+def _run_in_process(experiment, vae, out, images):
+    result = train(experiment, vae, out, images=images)
+    state = {f"model/{k}": v for k, v in trainable_state(result.tokenizer).items()}
+    state.update({f"ema/{k}": v for k, v in trainable_state(result.ema_tokenizer, like=result.tokenizer).items()})
+    state.update({f"disc/{k}": v for k, v in result.discriminator.state_dict().items()})
+    return state
+
+
+def _runner(tmp_path):
+    script = tmp_path / "runner.py"
+    script.write_text(RUNNER)
+    return script
+
+
+def _assert_equal(a: dict, b: dict, keys=None):
+    keys = sorted(a) if keys is None else keys
+    assert keys and set(keys) <= set(a) and set(keys) <= set(b)
+    different = [k for k in keys if not torch.equal(a[k], b[k])]
+    assert not different, different[:5]
+
+
+def test_resume_after_sigkill_is_bit_exact(tmp_path, tiny_vae, photo_crops):
+    experiment = _images_experiment()            # 6 steps, checkpoints at 2, 4, 6
+    killed = tmp_path / "killed"
+    args = [sys.executable, str(_runner(tmp_path)), json.dumps(experiment), str(tiny_vae), str(killed),
+            str(photo_crops)]
+    # the run dies by SIGKILL after step 5, one step past the checkpoint of step 4;
+    # meanwhile the uninterrupted reference run trains here
+    process = subprocess.Popen(args + ["5"], env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    reference = _run_in_process(experiment, tiny_vae, tmp_path / "reference", photo_crops)
+    output = process.communicate(timeout=300)[0].decode()
+    assert process.returncode == -signal.SIGKILL, output
+    assert load_checkpoint(killed / "checkpoints/last.safetensors")["step"] == 4
+    assert not (killed / "tokenizer").exists()
+
+    rerun = subprocess.run(args + ["-1"], env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads((killed / "run.json").read_text())["resumed_from"] == [4]
+    steps = [int(line.split("\t")[0]) for line in (killed / "train_log.tsv").read_text().splitlines()[1:]]
+    assert steps == [1, 2, 3, 4, 5, 6]          # step 5 of the killed run was dropped and redone
+
+    _assert_equal(load_file(killed / "weights-rank0.safetensors"), reference)
+    assert ((killed / "tokenizer/model.safetensors").read_bytes()
+            == (tmp_path / "reference/tokenizer/model.safetensors").read_bytes())
+    _assert_equal(load_file(killed / "checkpoints/last.safetensors"),
+                  load_file(tmp_path / "reference/checkpoints/last.safetensors"))
+
+
+def test_two_processes_stay_in_sync_and_match_one_process(tmp_path, tiny_vae, photo_crops):
+    """2 ranks x 2 images vs 1 process x 2 micro-batches of 2: the same global batch of 4.
+
+    Micro-batch m goes to rank m (or accumulation round m), the posterior noise is seeded by m,
+    and the adaptive weight and BatchNorm statistics are per micro-batch in both, so the summed
+    gradients -- hence all weights -- are bitwise equal. The discriminator's BatchNorm running
+    statistics (never used: it always runs in train mode) are rank 0's in the 2-process run.
+    """
+    two = tmp_path / "two"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(_runner(tmp_path)), json.dumps(_images_experiment(batch_size=2, max_steps=3)),
+               str(tiny_vae), str(two), str(photo_crops), "-1"]
+    process = subprocess.Popen(command, env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    single = _run_in_process(_images_experiment(batch_size=2, grad_accum=2, max_steps=3), tiny_vae,
+                             tmp_path / "one", photo_crops)
+    output = process.communicate(timeout=300)[0].decode()
+    assert process.returncode == 0, output[-3000:]
+    rank0, rank1 = (load_file(two / f"weights-rank{r}.safetensors") for r in (0, 1))
+    _assert_equal(rank0, rank1)                                        # everything, buffers included
+    assert json.loads((two / "run.json").read_text())["world_size"] == 2
+    running_stats = {k for k in single if "running_" in k or "num_batches" in k}
+    _assert_equal(rank0, single, sorted(set(single) - running_stats))
+
+
+def test_command_line_entry_point(tmp_path, tiny_vae, capsys):
+    from coda.train.__main__ import main
+
+    g = torch.Generator().manual_seed(0)
+    cache = _latent_cache(tmp_path / "cache", torch.randn(16, 4, 8, 8, generator=g), torch.full((16, 4, 8, 8), -6.0))
+    config = tmp_path / "experiment.json"
+    config.write_text(json.dumps(_latents_experiment(max_steps=2)))
+    args = ["--experiment-dir", str(tmp_path / "out"), "--config", str(config), "--vae", str(tiny_vae),
+            "--latents", str(cache)]
+    assert main(args) == 0
+    assert (tmp_path / "out/tokenizer/model.safetensors").exists()
+    assert main(args) == 0                                   # rerun: resumes at the end, nothing to do
+    assert json.loads((tmp_path / "out/run.json").read_text())["resumed_from"] == [2]
+
+    config.write_text(json.dumps(_images_experiment(discriminator="dino")))
+    assert main(args[:-2] + ["--images", str(tmp_path / "none.npy")]) == 2
+    assert "dino" in capsys.readouterr().err
+
+
+def test_images_mode_frozen_vae_with_dino_discriminator(tmp_path, tiny_vae, photo_crops):
+    """No LoRA: the adaptive weight is taken at the decoder input; DINO from a local tiny ViT."""
+    from transformers import ViTConfig, ViTModel
+
+    from coda.discriminators.dino import VIT_S16_CONFIG
+
+    vit = dict(VIT_S16_CONFIG, hidden_size=16, num_attention_heads=2, intermediate_size=32, image_size=32)
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(**vit), add_pooling_layer=False).save_pretrained(tmp_path / "dino")
+    experiment = _images_experiment(max_steps=2, dino_weights=str(tmp_path / "dino"))
+    experiment["lora"] = None
+    result = train(experiment, tiny_vae, tmp_path / "out", images=photo_crops)
+    run = json.loads((tmp_path / "out/run.json").read_text())
+    assert run["discriminator"]["kind"] == "dino" and run["discriminator"]["weights"] == str(tmp_path / "dino")
+    assert run["adaptive_weight_target"] == "decoder_input"
+    rows = [line.split("\t") for line in (tmp_path / "out/train_log.tsv").read_text().splitlines()]
+    assert float(rows[-1][rows[0].index("adaptive_weight")]) > 0
+    assert not any(p.requires_grad for p in result.tokenizer.vae.parameters())

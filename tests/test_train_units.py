@@ -1,0 +1,86 @@
+"""Trainer building blocks: config, learning-rate schedule, checkpoint files."""
+import math
+
+import pytest
+import torch
+
+from coda.train import TrainConfig, learning_rate
+from coda.train import checkpoint as ckpt
+
+
+def test_config_defaults_are_the_method_settings():
+    cfg = TrainConfig()
+    assert (cfg.lr, cfg.betas, cfg.weight_decay, cfg.disc_weight_decay) == (5e-4, (0.5, 0.9), 0.005, 0.0005)
+    assert (cfg.grad_clip, cfg.ema_max_decay, cfg.ema_start_epoch, cfg.seed) == (10.0, 0.9999, 4, 42)
+    assert (cfg.l1_weight, cfg.mse_weight, cfg.lpips_weight, cfg.gan_weight) == (0.2, 1.0, 1.0, 1.0)
+    assert (cfg.vq_weight, cfg.entropy_weight, cfg.lpips_net) == (1.0, 0.05, "vgg")
+    assert not (cfg.bf16 or cfg.channels_last or cfg.tf32 or cfg.compile)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_config_unknown_key_is_named():
+    with pytest.raises(ValueError, match="unknown key 'grad_acum'.*did you mean 'grad_accum'"):
+        TrainConfig.from_dict({"grad_acum": 2})
+    with pytest.raises(ValueError, match="unknown key 'zzz'.*known keys: data_mode"):
+        TrainConfig.from_dict({"zzz": 1})
+    with pytest.raises(ValueError, match="data_mode"):
+        TrainConfig.from_dict({"data_mode": "pixels"})
+
+
+def test_discriminator_auto_choice():
+    assert TrainConfig().discriminator_kind == "patchgan"
+    assert TrainConfig(dino_weights="/x/dino").discriminator_kind == "dino"
+    assert TrainConfig(discriminator="patchgan", dino_weights="/x").discriminator_kind == "patchgan"
+
+
+def test_cosine_learning_rate_to_zero():
+    assert learning_rate(0, 100, 5e-4) == 5e-4
+    assert learning_rate(50, 100, 5e-4) == pytest.approx(2.5e-4)
+    assert learning_rate(25, 100, 1.0) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert learning_rate(100, 100, 5e-4) == pytest.approx(0.0, abs=1e-20)
+    rates = [learning_rate(s, 100, 1.0) for s in range(101)]
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    assert learning_rate(0, 100, 1.0, warmup_steps=10) == pytest.approx(0.1)
+
+
+def test_checkpoint_round_trip_is_exact(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.5, 0.9))
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    state = {"step": 7, "opt": opt.state_dict(), "model": model.state_dict(), "rng": torch.get_rng_state(),
+             "nested": {"none": None, "list": [1, 2.5, "x"], "flag": True}}
+    path = ckpt.save_checkpoint(tmp_path / "c" / "last.safetensors", state)
+    back = ckpt.load_checkpoint(path)
+    assert back["step"] == 7 and back["nested"] == {"none": None, "list": [1, 2.5, "x"], "flag": True}
+    assert set(back["opt"]["state"]) == {0, 1}                     # integer keys survive
+    assert torch.equal(back["rng"], state["rng"])
+    for a, b in zip(back["model"].values(), state["model"].values()):
+        assert torch.equal(a, b)
+    fresh = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.5, 0.9))
+    fresh.load_state_dict(back["opt"])
+    assert torch.equal(fresh.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = ckpt.save_checkpoint(tmp_path / "last.safetensors", {"step": 1, "w": torch.ones(2)})
+
+    def crash(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"torn")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt, "save_file", crash)
+    with pytest.raises(OSError):
+        ckpt.save_checkpoint(path, {"step": 2, "w": torch.zeros(2)})
+    assert ckpt.load_checkpoint(path)["step"] == 1                 # the previous checkpoint is intact
+
+
+def test_load_rejects_other_files(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(1)}, tmp_path / "plain.safetensors")
+    with pytest.raises(ValueError, match="not a coda training checkpoint"):
+        ckpt.load_checkpoint(tmp_path / "plain.safetensors")
