@@ -26,6 +26,10 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -q tests
 
+# The whole pipeline at demo scale (2 CPU cores, offline): results/table1.csv, ablation.csv, figures.
+demo: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/snakemake --cores all results/table1.csv
+
 bench: setup
 	$(PY) bench/quantizer.py
 

@@ -14,6 +14,34 @@ from pathlib import Path
 from .config import ParamsError, experiment_config, load_params, scale_block
 
 
+class _Tee:
+    """Write to the console and to the stage's log file (DVC has no `log:`; Snakemake's is this file)."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text):
+        for s in self.streams:
+            s.write(text)
+            s.flush()
+        return len(text)
+
+    def flush(self):
+        for s in self.streams:
+            s.flush()
+
+    def isatty(self):
+        return False
+
+
+def _log_to(path: str | None) -> None:
+    if not path:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "w", buffering=1)
+    sys.stdout, sys.stderr = _Tee(sys.__stdout__, handle), _Tee(sys.__stderr__, handle)
+
+
 def _threads(args) -> None:
     import torch
 
@@ -86,6 +114,77 @@ def cmd_cache(args, params) -> None:
                   device=_device(), **cfg)
 
 
+def cmd_train(args, params) -> None:
+    experiment = experiment_config(params, args.experiment)
+    out = Path(args.out)
+    if experiment["kind"] == "released":
+        # No training: the authors' checkpoints become a tokenizer directory like any other.
+        from .tokenizer import Tokenizer
+
+        for key in ("vae_file", "quantizer_file"):
+            if not Path(experiment[key]).is_file():
+                raise FileNotFoundError(
+                    f"experiments.{args.experiment}.{key}: {experiment[key]} not found. Download the "
+                    "authors' released CODA checkpoints and point this key at the file.")
+        tokenizer = Tokenizer.from_official(experiment["vae_file"], experiment["quantizer_file"],
+                                            variant=experiment.get("variant", "f16"),
+                                            posterior=experiment.get("posterior", "sample"))
+        tokenizer.save_pretrained(out / "tokenizer")
+        (out / "train_log.tsv").write_text("step\n")
+        return
+    from .train import train
+
+    train(experiment, Path(args.vae) / "vae", out, images=args.prepared, latents=args.cache)
+
+
+def cmd_evaluate(args, params) -> None:
+    from .data.datasets import read_meta
+    from .evaluation.evaluate import evaluate_tokenizer
+    from .tokenizer import Tokenizer
+    from .vae import ContinuousVAE
+
+    cfg = scale_block(params).get("evaluate", {})
+    settings = params.get("evaluate", {})
+    meta = read_meta(args.prepared)
+    samples = Path(args.samples)
+    if args.experiment == "vae":
+        tokenizer, posterior, checkpoint = None, params["experiments"]["base"].get("posterior", "sample"), args.vae
+        ema, method = None, "continuous VAE"
+    else:
+        if not args.tokenizer:
+            raise SystemExit("coda evaluate: --tokenizer is required for an experiment")
+        experiment = experiment_config(params, args.experiment)
+        tokenizer = Tokenizer.from_pretrained(args.tokenizer)
+        posterior, checkpoint = experiment.get("posterior", "sample"), args.tokenizer
+        ema, method = experiment["kind"] == "train" or None, None
+    vae = ContinuousVAE.from_pretrained(Path(args.vae) / "vae")
+    info = json.loads((Path(args.vae) / "vae_info.json").read_text())
+    vae_label = {"train_small": "small KL-VAE (trained on the demo photos)", "mar": "MAR KL-16 VAE"}.get(
+        info["source"], info.get("path"))
+    evaluate_tokenizer(
+        tokenizer, vae, Path(args.prepared) / "val.npy", args.out, batch_size=cfg.get("batch_size", 16),
+        inception_weights=settings.get("inception_weights"), posterior=posterior, seed=settings.get("seed", 0),
+        recon_samples_out=samples / "recon_samples.npy", num_recon_samples=cfg.get("reconstructions", 8),
+        code_counts_out=samples / "code_counts.npy" if tokenizer is not None else None,
+        max_images=cfg.get("max_images"),
+        meta={"experiment": args.experiment, "dataset": meta.get("dataset"), "crop": meta.get("crop"),
+              "ema": ema, "method": method, "checkpoint": checkpoint, "vae": vae_label})
+
+
+def cmd_report(args, params) -> None:
+    from .report.build import build_report
+
+    names = params["pipeline"]["experiments"]
+    existing = lambda paths: {k: v for k, v in paths.items() if Path(v).exists()}  # noqa: E731
+    build_report(
+        "results/metrics", "references/reported.csv", args.out,
+        experiments_meta={name: experiment_config(params, name) for name in names},
+        train_logs=existing({n: f"work/train/{n}/train_log.tsv" for n in names}),
+        recon_samples=existing({"original": "work/prepared/val.npy", "vae": "work/eval/vae/recon_samples.npy",
+                                **{n: f"work/eval/{n}/recon_samples.npy" for n in names}}),
+        code_counts=existing({n: f"work/eval/{n}/code_counts.npy" for n in names}))
+
+
 def _device() -> str:
     import torch
 
@@ -99,6 +198,15 @@ COMMANDS = {
             [("--prepared", {"required": True}), ("--out", {"required": True})]),
     "cache": (cmd_cache, "posterior moments of the frozen VAE for train and val images",
               [("--prepared", {"required": True}), ("--vae", {"required": True}), ("--out", {"required": True})]),
+    "train": (cmd_train, "train one experiment (resumes from its checkpoint when rerun)",
+              [("--experiment", {"required": True}), ("--prepared", {"required": True}),
+               ("--vae", {"required": True}), ("--cache", {"required": True}), ("--out", {"required": True})]),
+    "evaluate": (cmd_evaluate, "metrics of one experiment's tokenizer, or of the continuous VAE (--experiment vae)",
+                 [("--experiment", {"required": True}), ("--prepared", {"required": True}),
+                  ("--vae", {"required": True}), ("--tokenizer", {}), ("--out", {"required": True}),
+                  ("--samples", {"required": True})]),
+    "report": (cmd_report, "results/table1.csv, ablation.csv, figures and README from all metrics",
+               [("--out", {"required": True})]),
 }
 
 
@@ -108,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, help_text, arguments) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+        p.add_argument("--scale", help="override params.yaml's `scale` (Snakemake passes --config scale=...)")
+        p.add_argument("--log", help="also write everything printed to this file")
         p.add_argument("--threads", type=int, default=int(os.environ.get("CODA_THREADS", 0)) or None,
                        help="torch CPU threads (default: torch's choice)")
         for flag, kwargs in arguments:
@@ -117,8 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    _log_to(args.log)
     try:
-        params = load_params(args.params)
+        params = load_params(args.params, scale=args.scale)
     except (ParamsError, FileNotFoundError) as err:
         print(f"coda {args.command}: {err}", file=sys.stderr)
         return 2

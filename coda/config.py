@@ -57,7 +57,8 @@ def validate_params(params: dict, schema: dict, source: str = "params.yaml") -> 
         raise ParamsError(f"{source} is invalid:\n  - " + "\n  - ".join(problems))
 
 
-def load_params(path: str | Path = "params.yaml") -> dict:
+def load_params(path: str | Path = "params.yaml", scale: str | None = None) -> dict:
+    """params.yaml, validated; ``scale`` overrides its ``scale`` key (then validated as well)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run from the repository root or pass --params")
@@ -65,6 +66,8 @@ def load_params(path: str | Path = "params.yaml") -> dict:
         params = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ParamsError(f"{path} is not valid YAML: {err}") from None
+    if scale is not None and isinstance(params, dict):
+        params["scale"] = scale
     schema = yaml.safe_load(find_schema(path).read_text())
     validate_params(params, schema, str(path))
     return params

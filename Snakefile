@@ -1,0 +1,17 @@
+# The coda pipeline for Snakemake. dvc.yaml declares the same stages with the same commands;
+# tests/test_pipeline.py keeps the two identical.
+#   snakemake --cores all results/table1.csv                       (demo scale, 2 CPU cores)
+#   snakemake --cores all --config scale=imagenet results/table1.csv
+from snakemake.utils import validate
+
+configfile: "params.yaml"
+validate(config, "workflow/schemas/params.schema.yaml")
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+rule all:
+    input: "results/table1.csv"

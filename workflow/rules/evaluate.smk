@@ -1,0 +1,25 @@
+rule evaluate:
+    input: "work/prepared", "work/vae", "work/train/{experiment}/tokenizer"
+    output:
+        metrics="results/metrics/{experiment}.json",
+        samples="work/eval/{experiment}/recon_samples.npy",
+        counts="work/eval/{experiment}/code_counts.npy",
+    params: values=tracked("evaluate")
+    log: "logs/evaluate/{experiment}.log"
+    benchmark: "logs/benchmarks/evaluate/{experiment}.tsv"
+    resources: gpu=1
+    conda: "../envs/coda.yaml"
+    shell: "coda evaluate --scale {config[scale]} --experiment {wildcards.experiment} --prepared work/prepared --vae work/vae --tokenizer work/train/{wildcards.experiment}/tokenizer --out results/metrics/{wildcards.experiment}.json --samples work/eval/{wildcards.experiment} --log logs/evaluate/{wildcards.experiment}.log"
+
+# The continuous VAE itself, no quantizer: the ceiling row.
+rule evaluate_vae:
+    input: "work/prepared", "work/vae"
+    output:
+        metrics="results/metrics/vae.json",
+        samples="work/eval/vae/recon_samples.npy",
+    params: values=tracked("evaluate_vae")
+    log: "logs/evaluate/vae.log"
+    benchmark: "logs/benchmarks/evaluate/vae.tsv"
+    resources: gpu=1
+    conda: "../envs/coda.yaml"
+    shell: "coda evaluate --scale {config[scale]} --experiment vae --prepared work/prepared --vae work/vae --out results/metrics/vae.json --samples work/eval/vae --log logs/evaluate/vae.log"

@@ -1,0 +1,18 @@
+rule report:
+    input:
+        expand("results/metrics/{experiment}.json", experiment=EXPERIMENTS),
+        expand("work/train/{experiment}/train_log.tsv", experiment=EXPERIMENTS),
+        expand("work/eval/{experiment}/recon_samples.npy", experiment=EXPERIMENTS),
+        expand("work/eval/{experiment}/code_counts.npy", experiment=EXPERIMENTS),
+        "results/metrics/vae.json",
+        "work/eval/vae/recon_samples.npy",
+        "references/reported.csv",
+    output:
+        table="results/table1.csv",
+        ablation="results/ablation.csv",
+        figures=directory("results/figures"),
+        readme="results/README.md",
+    params: values=tracked("report")
+    log: "logs/report.log"
+    conda: "../envs/coda.yaml"
+    shell: "coda report --scale {config[scale]} --out results --log logs/report.log"

@@ -1,0 +1,13 @@
+# Checkpoints (work/train/<experiment>/checkpoints) are not declared: Snakemake deletes declared
+# outputs before a job runs, and rerunning after a crash must resume from them.
+rule train:
+    input: "work/prepared", "work/vae", "work/cache/manifest.json"
+    output:
+        tokenizer=directory("work/train/{experiment}/tokenizer"),
+        log_tsv="work/train/{experiment}/train_log.tsv",
+    params: values=tracked("train")
+    log: "logs/train/{experiment}.log"
+    benchmark: "logs/benchmarks/train/{experiment}.tsv"
+    resources: gpu=1
+    conda: "../envs/coda.yaml"
+    shell: "coda train --scale {config[scale]} --experiment {wildcards.experiment} --prepared work/prepared --vae work/vae --cache work/cache --out work/train/{wildcards.experiment} --log logs/train/{wildcards.experiment}.log"
