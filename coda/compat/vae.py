@@ -1,0 +1,153 @@
+"""The released CODA VAE checkpoints (``vae_ema.pth``) <-> ContinuousVAE with peft LoRA.
+
+Official names (see shared/compat/official/coda_*_vae_ema_keys.tsv) keep the base conv in place and
+add a branch beside it; peft moves the base conv down one level:
+
+    <conv>.weight / .bias            <->  <conv>.base_layer.weight / .bias
+    <conv>.lora_layer.down.weight    <->  <conv>.lora_A.default.weight
+    <conv>.lora_layer.up.weight      <->  <conv>.lora_B.default.weight
+
+``<conv>`` is an LDM name for the f16 MAR layout (mapped with coda.compat.ldm) and a plain diffusers
+name for the f8 FLUX layout.
+
+Settings: ``architecture`` is ``ldm.LDM_ARCHITECTURE`` (then the LDM keys of ldm.MAR_KL16) or
+``DIFFUSERS_ARCHITECTURE`` (then ``diffusers_config``), plus ``lora_rank`` (None/0: no LoRA),
+``lora_targets``, optional ``lora_where`` ("both", the release's behaviour) and ``lora_scale`` (1.0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import torch
+
+from coda.compat import ldm
+from coda.lora import ADAPTER_NAME, LORA_TARGETS, add_lora, lora_target_names
+from coda.vae import FLUX_VAE, ContinuousVAE
+
+DIFFUSERS_ARCHITECTURE = "diffusers AutoencoderKL"
+
+# CODA f16: MAR KL-16 with rank-32 LoRA on conv1/conv2/upsample/downsample, encoder and decoder.
+CODA_MAR16_SETTINGS: dict = {
+    **ldm.MAR_KL16,
+    "lora_rank": 32,
+    "lora_targets": list(LORA_TARGETS["f16"]),
+    "lora_where": "both",
+    "lora_scale": 1.0,
+}
+
+# CODA f8: FLUX.1 VAE with rank-32 LoRA on conv1/conv2, encoder and decoder.
+CODA_FLUX8_SETTINGS: dict = {
+    "architecture": DIFFUSERS_ARCHITECTURE,
+    "diffusers_config": FLUX_VAE,
+    "lora_rank": 32,
+    "lora_targets": list(LORA_TARGETS["f8"]),
+    "lora_where": "both",
+    "lora_scale": 1.0,
+}
+
+
+class Row(NamedTuple):
+    """One parameter: official key, key in the (peft-wrapped) AutoencoderKL, kind, param, model shape."""
+
+    official: str
+    model: str
+    kind: str
+    param: str
+    shape: tuple[int, ...]
+
+    @property
+    def official_shape(self) -> tuple[int, ...]:
+        return ldm.official_shape(self.kind, self.param, self.shape)
+
+
+def _diffusers_config(settings: Mapping) -> dict:
+    architecture = settings.get("architecture")
+    if architecture == ldm.LDM_ARCHITECTURE:
+        return ldm.diffusers_config(settings)
+    if architecture == DIFFUSERS_ARCHITECTURE:
+        return dict(settings["diffusers_config"])
+    raise ValueError(f"unknown VAE architecture {architecture!r}; expected "
+                     f"{ldm.LDM_ARCHITECTURE!r} or {DIFFUSERS_ARCHITECTURE!r}")
+
+
+def _plain_model(settings: Mapping) -> torch.nn.Module:
+    from diffusers import AutoencoderKL
+
+    with torch.device("meta"):  # names and shapes only
+        return AutoencoderKL(**_diffusers_config(settings))
+
+
+def _module_pairs(settings: Mapping, model: torch.nn.Module) -> list[ldm.ModulePair]:
+    if settings["architecture"] == ldm.LDM_ARCHITECTURE:
+        return ldm.module_table(settings)
+    return [ldm.ModulePair(name, name, type(module).__name__) for name, module in model.named_modules()
+            if any(True for _ in module.parameters(recurse=False))]
+
+
+def _lora_settings(settings: Mapping) -> tuple[int, tuple[str, ...], str, float] | None:
+    rank = settings.get("lora_rank")
+    if not rank:
+        return None
+    return (rank, tuple(settings["lora_targets"]), settings.get("lora_where", "both"),
+            float(settings.get("lora_scale", 1.0)))
+
+
+def official_layout(settings: Mapping) -> list[Row]:
+    """Every parameter of the official checkpoint with its model key, derived from the settings only."""
+    model = _plain_model(settings)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    lora = _lora_settings(settings)
+    adapted = set(lora_target_names(model, lora[1], lora[2])) if lora else set()
+    rows = []
+    for pair in _module_pairs(settings, model):
+        wrapped = pair.diffusers in adapted
+        for param in ("weight", "bias"):
+            key = f"{pair.diffusers}.{param}"
+            if key in shapes:
+                model_key = f"{pair.diffusers}.base_layer.{param}" if wrapped else key
+                rows.append(Row(f"{pair.official}.{param}", model_key, pair.kind, param, shapes[key]))
+        if wrapped:
+            out_ch, in_ch, kh, kw = shapes[f"{pair.diffusers}.weight"]
+            rank = lora[0]
+            rows.append(Row(f"{pair.official}.lora_layer.down.weight",
+                            f"{pair.diffusers}.lora_A.{ADAPTER_NAME}.weight", "conv", "weight", (rank, in_ch, kh, kw)))
+            rows.append(Row(f"{pair.official}.lora_layer.up.weight",
+                            f"{pair.diffusers}.lora_B.{ADAPTER_NAME}.weight", "conv", "weight", (out_ch, rank, 1, 1)))
+    return rows
+
+
+def _layout_name(settings: Mapping) -> str:
+    return f"official CODA VAE ({settings['architecture']}, LoRA rank {settings.get('lora_rank')})"
+
+
+def build_vae(settings: Mapping) -> ContinuousVAE:
+    """Random-init ContinuousVAE of these settings, LoRA attached (only LoRA trainable)."""
+    vae = ContinuousVAE.from_config(_diffusers_config(settings))
+    lora = _lora_settings(settings)
+    if lora:
+        rank, targets, where, scale = lora
+        add_lora(vae, rank=rank, targets=targets, where=where, scale=scale)
+    return vae
+
+
+def load_official_vae(state_dict: Mapping[str, torch.Tensor], settings: Mapping = CODA_MAR16_SETTINGS
+                      ) -> ContinuousVAE:
+    """A released CODA VAE state dict -> ContinuousVAE with LoRA. Strict: every missing key,
+    unexpected key and wrong shape is reported at once, in official names."""
+    rows = official_layout(settings)
+    ldm.check_layout(state_dict, {r.official: r.official_shape for r in rows}, _layout_name(settings))
+    vae = build_vae(settings)
+    converted = {r.model: ldm.to_diffusers_tensor(r.kind, r.param, state_dict[r.official]) for r in rows}
+    vae.autoencoder.load_state_dict(converted, strict=True)
+    return vae
+
+
+def export_official_vae_state_dict(vae: ContinuousVAE, settings: Mapping = CODA_MAR16_SETTINGS
+                                   ) -> dict[str, torch.Tensor]:
+    """Inverse of load_official_vae: the VAE's weights in the released layout (detached copies)."""
+    rows = official_layout(settings)
+    own = vae.autoencoder.state_dict()
+    ldm.check_layout(own, {r.model: r.shape for r in rows}, f"ContinuousVAE built from {_layout_name(settings)}")
+    return {r.official: ldm.to_official_tensor(r.kind, r.param, own[r.model]).detach().clone() for r in rows}

@@ -1,0 +1,79 @@
+"""Multi-scale residual VQ with a plain nearest-neighbour lookup (ablation step 2 of method.md section 6)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .multiscale import (
+    F16_SCALES,
+    QuantizerOutput,
+    ScaleLookup,
+    check_float,
+    check_int,
+    check_scales,
+    residual_decode,
+    residual_quantize,
+)
+
+SEARCH_CHUNK_ELEMENTS = 1 << 22  # rows x codebook per distance block (16 MB fp32)
+
+
+@torch.no_grad()
+def nearest_code(rows: Tensor, codebook: Tensor) -> Tensor:
+    """Index of the L2-nearest codebook row for each row (||e||^2 - 2 <r, e>; ||r||^2 is constant per row)."""
+    code_sq = codebook.pow(2).sum(dim=1)
+    step = max(1, SEARCH_CHUNK_ELEMENTS // codebook.shape[0])  # bounded memory at large N x V
+    return torch.cat([
+        torch.addmm(code_sq, rows[start:start + step], codebook.T, alpha=-2.0).argmin(dim=1)
+        for start in range(0, rows.shape[0], step)
+    ])
+
+
+def nearest_neighbour_lookup(residual: Tensor, codebook: Tensor, beta: float) -> ScaleLookup:
+    indices = nearest_code(residual, codebook)
+    code = F.embedding(indices, codebook)
+    # straight-through whose forward value is exactly `code` (r - sg(r) == 0), so decode matches bitwise
+    z_q = code.detach() + (residual - residual.detach())
+    vq_loss = F.mse_loss(code.detach(), residual) + beta * F.mse_loss(code, residual.detach())
+    return ScaleLookup(z_q, indices, vq_loss, residual.new_zeros(()))
+
+
+class ResidualVQ(nn.Module):
+    kind = "rvq"
+
+    def __init__(self, codebook_size: int, dim: int = 16, scales=F16_SCALES, beta: float = 0.05):
+        super().__init__()
+        self.codebook_size = check_int("codebook_size", codebook_size, 2)
+        self.dim = check_int("dim", dim, 1)
+        self.scales = check_scales(scales)
+        self.beta = check_float("beta", beta, 0.0)
+        self.latent_size = self.scales[-1]
+        self.codebooks = nn.Embedding(self.codebook_size, self.dim)  # init N(0, 1)
+
+    @property
+    def config(self) -> dict:
+        return {
+            "kind": self.kind,
+            "codebook_size": self.codebook_size,
+            "dim": self.dim,
+            "scales": list(self.scales),
+            "beta": self.beta,
+        }
+
+    def code_values(self) -> Tensor:
+        return self.codebooks.weight.float()
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        with torch.autocast(z.device.type, enabled=False):
+            codebook = self.code_values()
+
+            def lookup(residual: Tensor) -> ScaleLookup:
+                return nearest_neighbour_lookup(residual, codebook, self.beta)
+
+            return residual_quantize(z.float(), self.scales, self.dim, lookup)
+
+    def indices_to_latent(self, indices: list[Tensor]) -> Tensor:
+        """Decode per-scale index maps; bitwise equal to forward's f_hat."""
+        return residual_decode(indices, self.scales, self.code_values())
