@@ -43,7 +43,9 @@ def main() -> None:
     vae = ContinuousVAE.small(seed=0, block_out_channels=[32, 64, 128, 128], layers_per_block=1).freeze()
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (args.images, args.resolution, args.resolution, 3), dtype=np.uint8)
-    in_memory = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+    # The encoder's best case: batches already in memory, in the layout it runs fastest on.
+    in_memory = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1).contiguous(
+        memory_format=torch.channels_last)
     with tempfile.TemporaryDirectory() as tmp:
         npy = Path(tmp) / "images.npy"
         np.save(npy, pixels)
