@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.coda-installed
 export HF_HUB_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: setup test test-all demo bench clean
+.PHONY: setup test test-all demo bench bench-gpu clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,11 @@ demo: setup
 
 bench: setup
 	$(PY) bench/quantizer.py
+	$(PY) bench/cache.py
+	$(PY) bench/train.py
+
+bench-gpu: setup
+	bash bench/gpu.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache

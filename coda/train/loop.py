@@ -69,7 +69,8 @@ def build_tokenizer(experiment: dict, vae_dir, data_mode: str):
     vae = ContinuousVAE.from_pretrained(vae_dir).freeze()
     if lora:
         add_lora(vae, **lora)  # only the LoRA branches train
-    quantizer = build_quantizer(**experiment["quantizer"])
+    # The code dimension is the VAE's latent channel count unless the experiment says otherwise.
+    quantizer = build_quantizer(**{"dim": vae.latent_channels, **experiment["quantizer"]})
     return Tokenizer(vae, quantizer, lora or None, experiment.get("posterior", "sample"))
 
 

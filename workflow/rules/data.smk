@@ -12,6 +12,7 @@ rule vae:
     params: values=tracked("vae")
     log: "logs/vae.log"
     benchmark: "logs/benchmarks/vae.tsv"
+    threads: 2
     resources: gpu=1
     conda: "../envs/coda.yaml"
     shell: "coda vae --scale {config[scale]} --prepared work/prepared --out work/vae --log logs/vae.log"
@@ -24,6 +25,7 @@ rule cache:
     params: values=tracked("cache")
     log: "logs/cache.log"
     benchmark: "logs/benchmarks/cache.tsv"
+    threads: 2
     resources: gpu=1
     conda: "../envs/coda.yaml"
     shell: "coda cache --scale {config[scale]} --prepared work/prepared --vae work/vae --out work/cache --log logs/cache.log"

@@ -7,6 +7,7 @@ rule evaluate:
     params: values=tracked("evaluate")
     log: "logs/evaluate/{experiment}.log"
     benchmark: "logs/benchmarks/evaluate/{experiment}.tsv"
+    threads: 2
     resources: gpu=1
     conda: "../envs/coda.yaml"
     shell: "coda evaluate --scale {config[scale]} --experiment {wildcards.experiment} --prepared work/prepared --vae work/vae --tokenizer work/train/{wildcards.experiment}/tokenizer --out results/metrics/{wildcards.experiment}.json --samples work/eval/{wildcards.experiment} --log logs/evaluate/{wildcards.experiment}.log"
@@ -20,6 +21,7 @@ rule evaluate_vae:
     params: values=tracked("evaluate_vae")
     log: "logs/evaluate/vae.log"
     benchmark: "logs/benchmarks/evaluate/vae.tsv"
+    threads: 2
     resources: gpu=1
     conda: "../envs/coda.yaml"
     shell: "coda evaluate --scale {config[scale]} --experiment vae --prepared work/prepared --vae work/vae --out results/metrics/vae.json --samples work/eval/vae --log logs/evaluate/vae.log"

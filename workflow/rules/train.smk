@@ -8,6 +8,7 @@ rule train:
     params: values=tracked("train")
     log: "logs/train/{experiment}.log"
     benchmark: "logs/benchmarks/train/{experiment}.tsv"
+    threads: 2
     resources: gpu=1
     conda: "../envs/coda.yaml"
     shell: "coda train --scale {config[scale]} --experiment {wildcards.experiment} --prepared work/prepared --vae work/vae --cache work/cache --out work/train/{wildcards.experiment} --log logs/train/{wildcards.experiment}.log"
