@@ -8,6 +8,10 @@ configfile: "params.yaml"
 validate(config, "workflow/schemas/params.schema.yaml")
 
 include: "workflow/rules/common.smk"
+
+wildcard_constraints:
+    experiment="|".join(EXPERIMENTS),
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"

@@ -302,3 +302,32 @@ def test_images_mode_frozen_vae_with_dino_discriminator(tmp_path, tiny_vae, phot
     rows = [line.split("\t") for line in (tmp_path / "out/train_log.tsv").read_text().splitlines()]
     assert float(rows[-1][rows[0].index("adaptive_weight")]) > 0
     assert not any(p.requires_grad for p in result.tokenizer.vae.parameters())
+
+
+def test_quantizer_warmup_on_latents_then_images(tmp_path, tiny_vae, photo_crops):
+    """quantizer_warmup_steps: a latents-mode run first, whose EMA quantizer starts the images run."""
+    from coda.tokenizer import Tokenizer
+    from coda.train import loop
+
+    g = torch.Generator().manual_seed(0)
+    cache = _latent_cache(tmp_path / "cache", torch.randn(16, 4, 8, 8, generator=g), torch.full((16, 4, 8, 8), -6.0))
+    experiment = _images_experiment(max_steps=2, quantizer_warmup_steps=3)
+    seen = {}
+    original = loop.warm_up_quantizer
+
+    def spy(*args, **kwargs):
+        seen["state"] = original(*args, **kwargs)
+        return seen["state"]
+
+    loop.warm_up_quantizer = spy
+    try:
+        train(experiment, tiny_vae, tmp_path / "out", images=photo_crops, latents=cache)
+    finally:
+        loop.warm_up_quantizer = original
+    warm = json.loads((tmp_path / "out/quantizer_warmup/run.json").read_text())
+    assert warm["data_mode"] == "latents" and warm["total_steps"] == 3 and warm["config"]["lora"] is None
+    warm_quantizer = Tokenizer.from_pretrained(tmp_path / "out/quantizer_warmup/tokenizer").quantizer
+    assert all(torch.equal(seen["state"][k], v) for k, v in warm_quantizer.state_dict().items())
+    assert json.loads((tmp_path / "out/run.json").read_text())["data_mode"] == "images"
+    with pytest.raises(ValueError, match="latent cache"):
+        train(experiment, tiny_vae, tmp_path / "other", images=photo_crops)

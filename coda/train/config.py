@@ -39,6 +39,8 @@ class TrainConfig:
     vq_weight: float = 1.0
     entropy_weight: float = 0.05
     latent_mse_weight: float = 1.0      # latents mode: mse(f_hat, z)
+    quantizer_warmup_steps: int = 0     # images mode: first train the quantizer alone on cached latents
+                                        # for this many steps (0 = the paper: joint from scratch)
     # discriminator (images mode); auto = dino when dino_weights is set, else patchgan
     discriminator: str = "auto"
     dino_weights: str | None = None     # facebook/dino-vits16 directory or model.safetensors
@@ -65,6 +67,7 @@ class TrainConfig:
             "batch_size": self.batch_size >= 1, "grad_accum": self.grad_accum >= 1,
             "checkpoint_every": self.checkpoint_every >= 1,
             "max_steps": self.max_steps is None or self.max_steps >= 1,
+            "quantizer_warmup_steps": self.quantizer_warmup_steps >= 0,
             "epochs": self.max_steps is not None or self.epochs > 0,
         }
         for key, ok in checks.items():

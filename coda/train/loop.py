@@ -309,6 +309,25 @@ def _check_same_run(saved: dict, current: dict, path: Path) -> None:
                          f"use another output directory, or delete {path.parent} to start over")
 
 
+def warm_up_quantizer(experiment: dict, cfg: TrainConfig, vae_dir, out_dir: Path, latents) -> dict:
+    """Optional compute saver (off by default): train the quantizer alone on cached latents first.
+
+    The paper trains quantizer and LoRA jointly from scratch. At small budgets the images-mode
+    run is too short for the codebook to settle, so ``quantizer_warmup_steps`` first runs that many
+    latents-mode steps (frozen VAE, as the ``ablate_attn`` rung) in ``out_dir/quantizer_warmup``,
+    itself resumable, and the images-mode run starts from its EMA quantizer.
+    """
+    from ..tokenizer import Tokenizer
+
+    if latents is None:
+        raise ValueError("train.quantizer_warmup_steps needs the latent cache (--cache / latents=)")
+    warm_train = {**experiment["train"], "data_mode": "latents", "max_steps": cfg.quantizer_warmup_steps,
+                  "quantizer_warmup_steps": 0}
+    warm_dir = out_dir / "quantizer_warmup"
+    train({**experiment, "lora": None, "train": warm_train}, vae_dir, warm_dir, latents=latents)
+    return Tokenizer.from_pretrained(warm_dir / "tokenizer").quantizer.state_dict()
+
+
 # ---------------------------------------------------------------------------- the loop
 def train(experiment: dict, vae_dir, out_dir, *, images=None, latents=None, on_step=None) -> TrainResult:
     """Train one experiment into ``out_dir``; rerunning the same call resumes from its checkpoint.
@@ -318,6 +337,9 @@ def train(experiment: dict, vae_dir, out_dir, *, images=None, latents=None, on_s
     """
     cfg = TrainConfig.from_dict(experiment.get("train"))
     experiment = {**experiment, "train": cfg.to_dict()}  # defaults filled in: what run.json records
+    warm_quantizer = None
+    if cfg.quantizer_warmup_steps and cfg.data_mode == "images":
+        warm_quantizer = warm_up_quantizer(experiment, cfg, vae_dir, Path(out_dir), latents)
     use_disc = cfg.data_mode == "images" and cfg.gan_weight > 0
     if use_disc:  # before any data loading: a missing DINO file must fail right away
         check_discriminator(cfg.discriminator_kind, cfg.dino_weights)
@@ -359,6 +381,8 @@ def train(experiment: dict, vae_dir, out_dir, *, images=None, latents=None, on_s
     opt_g = torch.optim.AdamW(g_params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     opt_d = (torch.optim.AdamW(d_params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.disc_weight_decay)
              if disc is not None else None)
+    if warm_quantizer is not None:  # before the EMA copy; a resumed checkpoint overrides it below
+        tokenizer.quantizer.load_state_dict(warm_quantizer)
     ema = EMA(tokenizer, cfg.ema_max_decay, cfg.ema_start_epoch)
 
     # --- resume

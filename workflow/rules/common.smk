@@ -5,7 +5,7 @@ import yaml
 
 EXPERIMENTS = config["pipeline"]["experiments"]
 SCALE = config["scale"]
-DVC_STAGES = yaml.safe_load(open(workflow.basedir + "/dvc.yaml"))["stages"]
+DVC_STAGES = yaml.safe_load(open("dvc.yaml"))["stages"]  # run from the repository root
 
 
 def _lookup(key):
@@ -25,7 +25,3 @@ def tracked(stage):
         keys = [k.replace("${scale}", SCALE).replace("${item}", item) for k in spec.get("params", [])]
         return {key: _lookup(key) for key in keys}
     return values
-
-
-wildcard_constraints:
-    experiment="|".join(EXPERIMENTS),

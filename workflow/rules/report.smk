@@ -12,7 +12,7 @@ rule report:
         ablation="results/ablation.csv",
         figures=directory("results/figures"),
         readme="results/README.md",
-    params: values=tracked("report")
+    params: values=tracked("report"), scale=SCALE
     log: "logs/report.log"
     conda: "../envs/coda.yaml"
-    shell: "coda report --scale {config[scale]} --out results --log logs/report.log"
+    shell: "coda report --scale {params.scale} --out results --log logs/report.log"

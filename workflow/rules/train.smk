@@ -5,10 +5,10 @@ rule train:
     output:
         tokenizer=directory("work/train/{experiment}/tokenizer"),
         log_tsv="work/train/{experiment}/train_log.tsv",
-    params: values=tracked("train")
+    params: values=tracked("train"), scale=SCALE
     log: "logs/train/{experiment}.log"
     benchmark: "logs/benchmarks/train/{experiment}.tsv"
     threads: 2
     resources: gpu=1
     conda: "../envs/coda.yaml"
-    shell: "coda train --scale {config[scale]} --experiment {wildcards.experiment} --prepared work/prepared --vae work/vae --cache work/cache --out work/train/{wildcards.experiment} --log logs/train/{wildcards.experiment}.log"
+    shell: "coda train --scale {params.scale} --experiment {wildcards.experiment} --prepared work/prepared --vae work/vae --cache work/cache --out work/train/{wildcards.experiment} --log logs/train/{wildcards.experiment}.log"
