@@ -23,7 +23,7 @@ def _save(figure: Figure, path: Path) -> Path:
     return path
 
 
-def placeholder(path: Path, title: str, message: str) -> Path:
+def missing_data_figure(path: Path, title: str, message: str) -> Path:
     figure = Figure(figsize=(6, 2), layout="constrained")
     axes = figure.add_subplot()
     axes.set_axis_off()
@@ -35,7 +35,7 @@ def placeholder(path: Path, title: str, message: str) -> Path:
 def reconstruction_grid(rows: list[tuple[str, np.ndarray]], path: Path, columns: int = 8) -> Path:
     """One row per (label, K x H x W x 3 uint8 images): originals, the VAE, each experiment."""
     if not rows:
-        return placeholder(path, "Reconstructions", "no reconstruction samples were given")
+        return missing_data_figure(path, "Reconstructions", "no reconstruction samples were given")
     columns = min(columns, max(len(images) for _, images in rows))
     figure = Figure(figsize=(1.3 * columns + 2.2, 1.4 * len(rows)), layout="constrained")
     grid = figure.subplots(len(rows), columns, squeeze=False)
@@ -57,7 +57,7 @@ def code_usage(metrics: dict[str, dict], code_counts: dict[str, np.ndarray], pat
     """Left: utilization per scale. Right: pooled code frequency by rank (sorted usage curve)."""
     quantized = {name: m for name, m in metrics.items() if m.get("utilization_per_scale")}
     if not quantized:
-        return placeholder(path, "Code usage", "no metrics file with code statistics")
+        return missing_data_figure(path, "Code usage", "no metrics file with code statistics")
     figure = Figure(figsize=(12, 4.5), layout="constrained")
     per_scale, curve = figure.subplots(1, 2)
     all_scales = set()
@@ -94,7 +94,7 @@ def training_curves(train_logs: dict[str, Path], path: Path, max_panels: int = 6
     logs = {name: pd.read_csv(log, sep="\t") for name, log in train_logs.items() if Path(log).is_file()}
     logs = {name: frame for name, frame in logs.items() if "step" in frame and len(frame)}
     if not logs:
-        return placeholder(path, "Training curves", "no training logs (train_log.tsv) were given")
+        return missing_data_figure(path, "Training curves", "no training logs (train_log.tsv) were given")
     quantities = []
     for frame in logs.values():
         quantities += [c for c in frame.columns if c not in {"step", "epoch"} and c not in quantities
