@@ -1,6 +1,7 @@
 """Snakemake and DVC describe one DAG: same stages, commands, outputs and params (pipeline.md)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -169,7 +170,18 @@ def test_tiny_dag_through_dvc(tmp_path):
     check_outputs(work)
     again = run([dvc, "repro"], work).stdout
     assert "Running stage" not in again, again
-    set_param(work, "experiments.ablate_vq.train.lr", 1e-3)
-    status = run([dvc, "status"], work).stdout
-    changed = set(re.findall(r"^(\S+):\s*$", status, flags=re.M))
-    assert changed == {"train@ablate_vq", "evaluate@ablate_vq"}, status
+    (work / ".gitignore").write_text("/work/\n/logs/\n.snakemake/\n")
+    run(["git", "add", "-A"], work)
+    run(["git", "commit", "-qm", "tiny run"], work)
+    # An experiment: only that experiment's train and evaluate (and the report) run again, and the
+    # changed run starts over instead of resuming the persisted checkpoint of the old settings.
+    exp = run([dvc, "exp", "run", "-S", "+experiments.ablate_vq.train.lr=0.001"], work).stdout
+    ran = set(re.findall(r"Running stage '([^']+)'", exp))
+    assert ran == {"train@ablate_vq", "evaluate@ablate_vq", "report"}, exp
+    shown = json.loads(run([dvc, "exp", "show", "--json"], work).stdout)
+    exps = [e for rev in shown for e in (rev.get("experiments") or [])]
+    data = [r["data"] for e in exps for r in e["revs"]]
+    params = [d["params"]["params.yaml"]["data"]["experiments"]["ablate_vq"] for d in data]
+    assert params[0]["train"]["lr"] == 0.001
+    metrics = data[0]["metrics"]["results/metrics/ablate_vq.json"]["data"]
+    assert 0 <= metrics["codebook_utilization"] <= 1 and metrics["psnr"] > 0

@@ -187,10 +187,16 @@ def test_nan_loss_stops_with_step_and_loss_named_and_keeps_last_checkpoint(tmp_p
     assert not (tmp_path / "tokenizer").exists()
 
 
-def test_resume_refuses_changed_settings(tmp_path, tiny_vae):
+def test_changed_settings_start_over_and_keep_the_old_checkpoint(tmp_path, tiny_vae, capsys):
+    """A parameter change (dvc exp run -S ...) must retrain, not resume, and lose nothing."""
     train(_latents_experiment(max_steps=2), tiny_vae, tmp_path, latents=PoisonedLatents())
-    with pytest.raises(ValueError, match="changed: train.lr"):
-        train(_latents_experiment(max_steps=2, lr=1e-3), tiny_vae, tmp_path, latents=PoisonedLatents())
+    old = load_checkpoint(tmp_path / "checkpoints/last.safetensors")
+    result = train(_latents_experiment(max_steps=2, lr=1e-3), tiny_vae, tmp_path, latents=PoisonedLatents())
+    assert result.step == 2 and "train.lr" in capsys.readouterr().err
+    [kept] = (tmp_path / "checkpoints/superseded").glob("*/last.safetensors")
+    assert load_checkpoint(kept)["experiment"] == old["experiment"]
+    assert load_checkpoint(tmp_path / "checkpoints/last.safetensors")["experiment"]["train"]["lr"] == 1e-3
+    assert json.loads((tmp_path / "run.json").read_text())["resumed_from"] == []
 
 
 def _run_in_process(experiment, vae, out, images):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -296,17 +297,39 @@ def resume_training_state(path: Path, *, experiment, global_batch, tokenizer, em
     return int(state["step"])
 
 
-def _check_same_run(saved: dict, current: dict, path: Path) -> None:
+def changed_settings(saved: dict, current: dict) -> list[str]:
+    """Settings that differ between a checkpoint's run and this one (bookkeeping and speed flags aside)."""
     def flat(experiment):
         values = {k: v for k, v in experiment.items() if k != "train"}
         values.update({f"train.{k}": v for k, v in experiment.get("train", {}).items() if k not in RESUMABLE_CHANGES})
         return values
 
     old, new = flat(saved), flat(current)
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    if changed:
-        raise ValueError(f"{path} belongs to a run with other settings (changed: {', '.join(changed)}); "
-                         f"use another output directory, or delete {path.parent} to start over")
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
+def _check_same_run(saved: dict, current: dict, path: Path) -> None:
+    if changed := changed_settings(saved, current):
+        raise ValueError(f"{path} belongs to a run with other settings (changed: {', '.join(changed)})")
+
+
+def set_aside_other_run(checkpoint: Path, experiment: dict, info) -> bool:
+    """A checkpoint from other settings (a parameter changed since) is not resumed but kept:
+    rank 0 moves it to checkpoints/superseded/ and the run starts over. Returns True if moved."""
+    changed = changed_settings(load_checkpoint(checkpoint)["experiment"], experiment)
+    if info.world_size > 1:
+        torch.distributed.barrier()  # every rank has read it before rank 0 moves it
+    if not changed:
+        return False
+    if info.is_main:
+        target = checkpoint.parent / "superseded" / time.strftime("%Y%m%d-%H%M%S")
+        target.mkdir(parents=True, exist_ok=True)
+        os.replace(checkpoint, target / checkpoint.name)
+        print(f"train: settings changed since {checkpoint} ({', '.join(changed)}); starting over, "
+              f"the old checkpoint is kept in {target}", file=sys.stderr)
+    if info.world_size > 1:
+        torch.distributed.barrier()
+    return True
 
 
 def warm_up_quantizer(experiment: dict, cfg: TrainConfig, vae_dir, out_dir: Path, latents) -> dict:
@@ -389,7 +412,8 @@ def train(experiment: dict, vae_dir, out_dir, *, images=None, latents=None, on_s
     checkpoint = out_dir / CHECKPOINT
     parts = dict(experiment=experiment, global_batch=global_batch, tokenizer=tokenizer, ema=ema,
                  disc=disc, opt_g=opt_g, opt_d=opt_d)
-    start_step = resume_training_state(checkpoint, **parts) if checkpoint.exists() else 0
+    resumable = checkpoint.exists() and not set_aside_other_run(checkpoint, experiment, info)
+    start_step = resume_training_state(checkpoint, **parts) if resumable else 0
     for module in (tokenizer, disc):
         if module is not None:
             distributed.broadcast_state(module, info)
