@@ -7,7 +7,6 @@ KL autoencoders are trained, without the GAN). CODA then treats it as the frozen
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -16,18 +15,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
+from .train.schedule import learning_rate
 from .vae import ContinuousVAE
 
 
 def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mean, var) || N(0, 1)) summed over latent elements, averaged over the batch."""
     return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1).mean()
-
-
-def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    return 0.5 * peak * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
 def train_small_vae(dataset, out_dir: str | Path, *, architecture: dict, steps: int, batch_size: int,
@@ -55,7 +49,7 @@ def train_small_vae(dataset, out_dir: str | Path, *, architecture: dict, steps: 
     for step, images in enumerate(loader):
         images = images[0] if isinstance(images, (list, tuple)) else images
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, steps, lr, warmup)
+            group["lr"] = learning_rate(step, steps, lr, warmup)
         posterior = vae.encode(images)
         recon = vae.autoencoder.decode(posterior.sample(generator)).sample
         l1, mse = F.l1_loss(recon, images), F.mse_loss(recon, images)
