@@ -156,7 +156,7 @@ def cmd_evaluate(args, params) -> None:
         experiment = experiment_config(params, args.experiment)
         tokenizer = Tokenizer.from_pretrained(args.tokenizer)
         posterior, checkpoint = experiment.get("posterior", "sample"), args.tokenizer
-        ema, method = experiment["kind"] == "train" or None, None
+        ema, method = True, None  # trained runs save EMA weights; the release ships *_ema.pth
     vae = ContinuousVAE.from_pretrained(Path(args.vae) / "vae")
     info = json.loads((Path(args.vae) / "vae_info.json").read_text())
     vae_label = {"train_small": "small KL-VAE (trained on the demo photos)", "mar": "MAR KL-16 VAE"}.get(
