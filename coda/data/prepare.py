@@ -81,8 +81,7 @@ def _build_manifest(train_dir: Path, report: BadImageReport, min_size, limit, se
     for path, exc in progress(ordered_map(check, paths, workers), total=len(paths),
                               desc="train: header check"):
         rel = path.relative_to(train_dir).as_posix()
-        if exc is None and _bad_name(rel):
-            exc = BadImage("unsupported_name", path, "tab or newline in the file name")
+        exc = exc or _name_problem(rel, path)
         if exc is not None:
             report.add_exception(exc)
             continue
@@ -91,6 +90,11 @@ def _build_manifest(train_dir: Path, report: BadImageReport, min_size, limit, se
     classes = sorted({c for _, c in rows})
     index = {c: i for i, c in enumerate(classes)}
     return [(rel, index[c], c) for rel, c in rows], classes
+
+
+def _name_problem(rel: str, path: Path) -> BadImage | None:
+    """A name the TSV manifests cannot hold."""
+    return BadImage("unsupported_name", path, "tab or newline in the file name") if _bad_name(rel) else None
 
 
 def _build_val(val_dir: Path, out_dir: Path, report: BadImageReport, resolution: int, crop: str,
@@ -110,8 +114,7 @@ def _build_val(val_dir: Path, out_dir: Path, report: BadImageReport, resolution:
         for path, arr, converted, exc in progress(ordered_map(load, paths, workers),
                                                   total=len(paths), desc="val: decode + crop"):
             rel = path.relative_to(val_dir).as_posix()
-            if exc is None and _bad_name(rel):
-                exc = BadImage("unsupported_name", path, "tab or newline in the file name")
+            exc = exc or _name_problem(rel, path)
             if exc is not None:
                 report.add_exception(exc)
                 continue

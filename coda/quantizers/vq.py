@@ -17,10 +17,5 @@ class VectorQuantizer(ResidualVQ):
 
     @property
     def config(self) -> dict:
-        return {
-            "kind": self.kind,
-            "codebook_size": self.codebook_size,
-            "dim": self.dim,
-            "latent_size": self.latent_size,
-            "beta": self.beta,
-        }
+        config = {k: v for k, v in super().config.items() if k != "scales"}
+        return {**config, "latent_size": self.latent_size}
