@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-# FLUX.1 VAE (shared/compat/official/flux_vae_keys.tsv); diffusers names.
+# FLUX.1 VAE (tests/data/compat/flux_vae_keys.tsv); diffusers names.
 FLUX_VAE: dict = {
     "in_channels": 3,
     "out_channels": 3,

@@ -1,10 +1,11 @@
-import os
 from pathlib import Path
 
 import pytest
 
+DATA = Path(__file__).resolve().parent / "data"
+
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """The project's shared data folder (sibling of the repository); CODA_SHARED overrides it."""
-    return Path(os.environ.get("CODA_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+def compat_dir() -> Path:
+    """Released checkpoint layouts and golden vectors computed with the authors' code (tests/data/compat/README.md)."""
+    return DATA / "compat"

@@ -1,4 +1,4 @@
-"""Full-size state-dict layouts of the released files (shared/compat/official/*_keys.tsv).
+"""Full-size state-dict layouts of the released files (tests/data/compat/*_keys.tsv).
 
 Weights are broadcast zeros (no memory); models are built but never run."""
 
@@ -12,8 +12,8 @@ from coda.compat.vae import (CODA_FLUX8_SETTINGS, CODA_MAR16_SETTINGS, DIFFUSERS
 from coda.vae import FLUX_VAE, ContinuousVAE
 
 
-def read_layout(shared_dir, name) -> dict[str, tuple[int, ...]]:
-    lines = (shared_dir / "compat" / "official" / name).read_text().splitlines()
+def read_layout(compat_dir, name) -> dict[str, tuple[int, ...]]:
+    lines = (compat_dir / name).read_text().splitlines()
     assert lines[0].split("\t") == ["key", "shape", "dtype"]
     rows = [line.split("\t") for line in lines[1:] if line.strip()]
     return {key: tuple(int(s) for s in shape.split("x")) for key, shape, _ in rows}
@@ -29,8 +29,8 @@ def assert_all_zero(module):
 
 # ---- MAR kl16 (LDM layout) ----
 
-def test_ldm_table_covers_mar_kl16_exactly(shared_dir):
-    layout = read_layout(shared_dir, "mar_kl16_keys.tsv")
+def test_ldm_table_covers_mar_kl16_exactly(compat_dir):
+    layout = read_layout(compat_dir, "mar_kl16_keys.tsv")
     config = ldm.diffusers_config(ldm.MAR_KL16)
     model_shapes = {k: tuple(v.shape) for k, v in AutoencoderKL(**config).state_dict().items()}
     rows = ldm.param_table(ldm.module_table(ldm.MAR_KL16), model_shapes)
@@ -39,14 +39,14 @@ def test_ldm_table_covers_mar_kl16_exactly(shared_dir):
     assert {o: ldm.official_shape(k, p, model_shapes[d]) for o, d, k, p in rows} == layout
 
 
-def test_mar_kl16_loads_strictly(shared_dir):
-    vae = ContinuousVAE.from_ldm_state_dict(zeros(read_layout(shared_dir, "mar_kl16_keys.tsv")))
+def test_mar_kl16_loads_strictly(compat_dir):
+    vae = ContinuousVAE.from_ldm_state_dict(zeros(read_layout(compat_dir, "mar_kl16_keys.tsv")))
     assert_all_zero(vae)
     assert vae.scaling_factor == 0.2325 and vae.latent_channels == 16 and vae.downsample_factor == 16
 
 
-def test_mar_kl16_errors_name_ldm_keys(shared_dir):
-    state = zeros(read_layout(shared_dir, "mar_kl16_keys.tsv"))
+def test_mar_kl16_errors_name_ldm_keys(compat_dir):
+    state = zeros(read_layout(compat_dir, "mar_kl16_keys.tsv"))
     del state["decoder.up.1.upsample.conv.weight"]
     state["encoder.mid.attn_1.q.weight"] = torch.zeros(512, 512)
     state["encoder.extra.weight"] = torch.zeros(1)
@@ -68,8 +68,8 @@ def test_unsupported_ldm_settings():
 
 # ---- FLUX VAE (diffusers layout) ----
 
-def test_flux_vae_loads_strictly(shared_dir):
-    layout = read_layout(shared_dir, "flux_vae_keys.tsv")
+def test_flux_vae_loads_strictly(compat_dir):
+    layout = read_layout(compat_dir, "flux_vae_keys.tsv")
     vae = ContinuousVAE.from_config(FLUX_VAE)
     assert {k: tuple(v.shape) for k, v in vae.autoencoder.state_dict().items()} == layout
     vae.autoencoder.load_state_dict(zeros(layout), strict=True)
@@ -86,16 +86,16 @@ CODA_LAYOUTS = [("coda_mar16_vae_ema_keys.tsv", CODA_MAR16_SETTINGS, 66),
 
 
 @pytest.mark.parametrize("name, settings, n_adapted", CODA_LAYOUTS)
-def test_official_layout_matches_release(shared_dir, name, settings, n_adapted):
-    layout = read_layout(shared_dir, name)
+def test_official_layout_matches_release(compat_dir, name, settings, n_adapted):
+    layout = read_layout(compat_dir, name)
     rows = official_layout(settings)
     assert {r.official: r.official_shape for r in rows} == layout
     assert sum(r.official.endswith("lora_layer.down.weight") for r in rows) == n_adapted
 
 
 @pytest.mark.parametrize("name, settings, n_adapted", CODA_LAYOUTS)
-def test_official_vae_loads_and_exports(shared_dir, name, settings, n_adapted):
-    layout = read_layout(shared_dir, name)
+def test_official_vae_loads_and_exports(compat_dir, name, settings, n_adapted):
+    layout = read_layout(compat_dir, name)
     vae = load_official_vae(zeros(layout), settings)
     assert_all_zero(vae)
     trainable = [n for n, p in vae.named_parameters() if p.requires_grad]
@@ -104,8 +104,8 @@ def test_official_vae_loads_and_exports(shared_dir, name, settings, n_adapted):
     assert {k: tuple(v.shape) for k, v in exported.items()} == layout
 
 
-def test_official_errors_list_all_problems_in_official_names(shared_dir):
-    state = zeros(read_layout(shared_dir, "coda_mar16_vae_ema_keys.tsv"))
+def test_official_errors_list_all_problems_in_official_names(compat_dir):
+    state = zeros(read_layout(compat_dir, "coda_mar16_vae_ema_keys.tsv"))
     del state["decoder.up.4.upsample.conv.lora_layer.up.weight"]
     del state["encoder.conv_in.weight"]
     state["decoder.mid.block_1.conv1.lora_layer.down.weight"] = torch.zeros(16, 512, 3, 3)

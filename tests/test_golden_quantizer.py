@@ -1,4 +1,4 @@
-"""The reference's outputs on random weights (shared/compat/official/golden_quantizer_mar16.*) are reproduced:
+"""The reference's outputs on random weights (tests/data/compat/golden_quantizer_mar16.*) are reproduced:
 indices exactly, f_hat and losses to 1e-5 relative, every gradient to 1e-4 relative."""
 
 import json
@@ -13,8 +13,8 @@ from coda.quantizers import CodaQuantizer
 
 
 @pytest.fixture(scope="module")
-def golden(shared_dir):
-    stem = shared_dir / "compat" / "official" / "golden_quantizer_mar16"
+def golden(compat_dir):
+    stem = compat_dir / "golden_quantizer_mar16"
     if not stem.with_suffix(".safetensors").is_file():
         pytest.skip(f"golden file not found under {stem.parent} (set CODA_SHARED)")
     settings = json.loads(stem.with_suffix(".json").read_text())

@@ -1,5 +1,5 @@
 """The MAR-architecture VAE with LoRA reproduces the reference implementation's outputs
-(shared/compat/official/golden_mar_vae_lora_tiny.*: ch 32, LoRA rank 4 with non-zero up weights)."""
+(tests/data/compat/golden_mar_vae_lora_tiny.*: ch 32, LoRA rank 4 with non-zero up weights)."""
 
 import json
 
@@ -14,8 +14,8 @@ TOLERANCE = {"atol": 1e-4, "rtol": 0.0}
 
 
 @pytest.fixture(scope="module")
-def golden(shared_dir):
-    stem = shared_dir / "compat" / "official" / "golden_mar_vae_lora_tiny"
+def golden(compat_dir):
+    stem = compat_dir / "golden_mar_vae_lora_tiny"
     tensors = load_file(str(stem.with_suffix(".safetensors")))
     settings = json.loads(stem.with_suffix(".json").read_text())
     params = {k.removeprefix("param."): v for k, v in tensors.items() if k.startswith("param.")}

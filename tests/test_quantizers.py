@@ -270,8 +270,8 @@ def test_fused_lookup_matches_dense(monkeypatch, loss_terms, path):
 # ---------------------------------------------------------------- released layout
 
 
-def _official_state_dict(shared_dir):
-    path = shared_dir / "compat" / "official" / "coda_quantizer_keys.tsv"
+def _official_state_dict(compat_dir):
+    path = compat_dir / "coda_quantizer_keys.tsv"
     if not path.is_file():
         pytest.skip(f"{path} not found (set CODA_SHARED)")
     rows = [line.split("\t") for line in path.read_text().splitlines()[1:] if line.strip()]
@@ -283,29 +283,29 @@ SETTINGS = {"codebook_size": 16384, "code_dim": 16, "attn_dim": 32, "norm": "rms
             "scales": [1, 2, 3, 4, 5, 6, 8, 10, 13, 16], "beta": 0.05, "entropy_temperature": 0.01, "seed": 0}
 
 
-def test_official_keys_load(shared_dir):
-    state = _official_state_dict(shared_dir)
+def test_official_keys_load(compat_dir):
+    state = _official_state_dict(compat_dir)
     q = load_official_quantizer(state, SETTINGS)
     assert isinstance(q, CodaQuantizer) and set(q.state_dict()) == set(state)
     assert all(torch.equal(q.state_dict()[k], v) for k, v in state.items())
 
 
-def test_official_missing_key_named(shared_dir):
-    state = _official_state_dict(shared_dir)
+def test_official_missing_key_named(compat_dir):
+    state = _official_state_dict(compat_dir)
     del state["attn.norm_k.weight"]
     with pytest.raises(ValueError, match="missing key 'attn.norm_k.weight'"):
         load_official_quantizer(state, SETTINGS)
 
 
-def test_official_unexpected_key_named(shared_dir):
-    state = _official_state_dict(shared_dir)
+def test_official_unexpected_key_named(compat_dir):
+    state = _official_state_dict(compat_dir)
     state["attn.to_o.weight"] = torch.zeros(1)
     with pytest.raises(ValueError, match="unexpected key 'attn.to_o.weight'"):
         load_official_quantizer(state, SETTINGS)
 
 
-def test_official_wrong_shape_named(shared_dir):
-    state = _official_state_dict(shared_dir)
+def test_official_wrong_shape_named(compat_dir):
+    state = _official_state_dict(compat_dir)
     state["codebooks.weight"] = torch.zeros(4096, 16)
     expected = r"'codebooks.weight': checkpoint shape \(4096, 16\) != expected \(16384, 16\)"
     with pytest.raises(ValueError, match=expected):

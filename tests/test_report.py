@@ -119,10 +119,3 @@ def test_report_command_line(inputs, tmp_path):
                  "--recon", f"coda={inputs['samples']['coda']}", "--code-counts", f"coda={inputs['counts']['coda']}"])
     assert (tmp_path / "cli" / "figures" / "reconstructions.png").is_file()
     assert (tmp_path / "cli" / "table1.csv").read_text().startswith(",".join(TABLE1_COLUMNS))
-
-
-def test_references_copy_matches_shared(shared_dir):
-    shared = shared_dir / "data" / "reported.csv"
-    if not shared.is_file():
-        pytest.skip("shared/ not present")
-    assert REPORTED.read_bytes() == shared.read_bytes()

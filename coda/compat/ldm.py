@@ -3,7 +3,7 @@
 MAR's ``kl16`` is the LDM (taming/CompVis) KL autoencoder. diffusers' ``AutoencoderKL`` computes the
 same function with other module names, so we load MAR weights into diffusers through an explicit
 module table generated from the architecture settings (the keys of
-``shared/compat/official/golden_mar_vae_lora_tiny.json``).
+``tests/data/compat/golden_mar_vae_lora_tiny.json``).
 
 Differences the table absorbs:
 - names: ``down.{i}.block.{b}`` -> ``down_blocks.{i}.resnets.{b}``, ``nin_shortcut`` ->

@@ -8,7 +8,7 @@ import torch
 
 from coda.quantizers import CodaQuantizer
 
-# Settings of the released quantizers, in the keys of shared/compat/official/golden_quantizer_mar16.json.
+# Settings of the released quantizers, in the keys of tests/data/compat/golden_quantizer_mar16.json.
 CODA_MAR16_QUANTIZER_SETTINGS: dict = {
     "codebook_size": 16384, "code_dim": 16, "attn_dim": 32, "norm": "rms_norm", "rms_eps": 1e-5,
     "scales": [1, 2, 3, 4, 5, 6, 8, 10, 13, 16], "beta": 0.05, "entropy_temperature": 0.01,

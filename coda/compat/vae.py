@@ -1,6 +1,6 @@
 """The released CODA VAE checkpoints (``vae_ema.pth``) <-> ContinuousVAE with peft LoRA.
 
-Official names (see shared/compat/official/coda_*_vae_ema_keys.tsv) keep the base conv in place and
+Official names (see tests/data/compat/coda_*_vae_ema_keys.tsv) keep the base conv in place and
 add a branch beside it; peft moves the base conv down one level:
 
     <conv>.weight / .bias            <->  <conv>.base_layer.weight / .bias
