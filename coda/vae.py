@@ -248,3 +248,12 @@ def _load_local(model_cls, location: Path, subfolder: str | None):
     if class_name not in (None, "AutoencoderKL"):
         raise ValueError(f"{str(config_file)!r} describes a {class_name}, not a diffusers AutoencoderKL")
     return model_cls.from_pretrained(str(location), subfolder=subfolder, local_files_only=True)
+
+
+def posterior_latent(vae, mean, logvar, posterior: str, seed: int):
+    """Normalised latent: the posterior mean, or a sample with noise drawn from ``seed`` on CPU
+    (so it does not depend on the device or on how the batch is split)."""
+    if posterior == "mean":
+        return vae.normalize(mean)
+    noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+    return vae.normalize(mean + torch.exp(0.5 * logvar) * noise.to(mean.device, mean.dtype))

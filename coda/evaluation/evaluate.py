@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from coda.hashing import directory_sha256, file_sha256
+from coda.files import directory_sha256, file_sha256
 
 from .frechet import (INCEPTION_EXTRACTOR, PairedFrechet, build_extractor,
                       resolve_inception_weights)

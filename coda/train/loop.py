@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..discriminators import build_discriminator, check_discriminator
 from ..ema import EMA
+from ..vae import posterior_latent
 from ..losses import LPIPSLoss, adaptive_weight, gan_ramp, hinge_d_loss, hinge_g_loss, l1, mse
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -143,15 +144,6 @@ def micro_batch_stream(dataset, cfg: TrainConfig, info, start_step: int, steps_p
         yield from DataLoader(dataset, batch_sampler=batches, num_workers=cfg.num_workers,
                               pin_memory=info.device.type == "cuda")
         step = (epoch + 1) * steps_per_epoch
-
-
-def posterior_latent(vae, mean, logvar, posterior: str, seed: int):
-    """Normalised latent: the posterior mean, or a sample with noise drawn from ``seed`` on CPU
-    (so it does not depend on the device or on how the batch is split)."""
-    if posterior == "mean":
-        return vae.normalize(mean)
-    noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
-    return vae.normalize(mean + torch.exp(0.5 * logvar) * noise.to(mean.device, mean.dtype))
 
 
 def trainable_state(module: nn.Module, like: nn.Module | None = None) -> dict:

@@ -1,0 +1,97 @@
+"""Writing files safely, and the provenance every artifact records: the one place for both.
+
+``atomic_path`` is how every stage writes a file: into a temporary name beside the target, moved
+onto it only when the write finished, so a crash leaves the old file or the new one, never a
+torn one, and a resumed stage can trust whatever it finds.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+# The distributions whose versions change numbers: recorded beside every artifact.
+LIBRARIES = ("coda", "torch", "diffusers", "peft", "numpy", "pillow", "scikit-image", "torch-fidelity", "lpips")
+_CHUNK = 1 << 20
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block ends without error it replaces ``path``.
+
+    The temporary name starts with a dot and ends in ``.tmp``, so globs for finished files never
+    see it. ``durable``: fsync the file and its directory too (checkpoints: survive a power loss).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+        os.chmod(temporary, 0o644)  # mkstemp makes it owner-only; caches may be shared
+        if durable:
+            with open(temporary, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(temporary, path)
+        if durable:
+            directory = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, data) -> Path:
+    """JSON with a trailing newline; NaN and infinity are refused (they are not JSON)."""
+    return write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def library_versions() -> dict[str, str | None]:
+    """Python and the versions of ``LIBRARIES`` (None where one is not installed)."""
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for distribution in LIBRARIES:
+        try:
+            found[distribution] = version(distribution)
+        except PackageNotFoundError:
+            found[distribution] = None
+    return found
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def directory_sha256(directory: str | os.PathLike) -> str:
+    """Hash of every file's relative path and content, in sorted order."""
+    directory = Path(directory)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(directory)).encode())
+        digest.update(file_sha256(path).encode())
+    return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    """Where coda keeps files it derives once and reuses (converted weights): $CODA_CACHE, else
+    ~/.cache/coda. Not created here; writers create what they need."""
+    configured = os.environ.get("CODA_CACHE")
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "coda"
