@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.coda-installed
 export HF_HUB_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: setup test test-all demo bench bench-gpu clean
+.PHONY: setup test demo bench bench-gpu clean
 
 setup: $(STAMP)
 
@@ -21,9 +21,6 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 test: setup
-	$(PY) -m pytest -q -m "not slow" tests
-
-test-all: setup
 	$(PY) -m pytest -q tests
 
 # The whole pipeline at demo scale (2 CPU cores, offline): results/table1.csv, ablation.csv, figures.

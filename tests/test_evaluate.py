@@ -18,7 +18,7 @@ from torch import nn
 from coda.evaluation import (CodeUsage, FrechetStatistics, evaluate_tokenizer, perplexity, psnr_uint8,
                              resolve_inception_weights, ssim_uint8, to_uint8)
 from coda.evaluation.frechet import OFFICIAL_INCEPTION_FILE
-from coda.hashing import file_sha256
+from coda.files import file_sha256
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from coda import perceptual  # noqa: E402
-from coda.paths import cache_dir  # noqa: E402
+from coda.files import cache_dir  # noqa: E402
 
 DATA = Path(__file__).parent / "data" / "lpips"
 NETS = ("alex", "vgg")
