@@ -1,7 +1,7 @@
 # The coda pipeline for Snakemake. dvc.yaml declares the same stages with the same commands;
 # tests/test_pipeline.py keeps the two identical.
 #   snakemake --cores all results/table1.csv                       (demo scale, 2 CPU cores)
-#   snakemake --cores all --config scale=imagenet results/table1.csv
+#   snakemake --cores all results/table1.csv --config scale=imagenet
 from snakemake.utils import validate
 
 configfile: "params.yaml"
