@@ -1,0 +1,48 @@
+"""External inputs (datasets, weights) are listed and refused all at once, before any work."""
+import pytest
+
+from coda.config import load_params
+from coda.inputs import MissingInputsError, check_external_inputs, external_inputs
+
+
+@pytest.fixture
+def paper(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # relative paths of params.yaml resolve in an empty folder
+    from test_pipeline import ROOT
+
+    return load_params(ROOT / "params.yaml", scale="imagenet")
+
+
+def test_demo_scale_needs_nothing_from_outside():
+    from test_pipeline import ROOT
+
+    assert external_inputs(load_params(ROOT / "params.yaml")) == []
+
+
+def test_paper_scale_without_downloads_lists_every_missing_file(paper):
+    paper["evaluate"]["inception_weights"] = "weights/inception.pth"
+    paper["experiments"]["coda"]["train"] = {"discriminator": "dino", "dino_weights": "weights/dino-vits16"}
+    paper["pipeline"]["experiments"].append("released")
+    with pytest.raises(MissingInputsError) as error:
+        check_external_inputs(paper)
+    message = str(error.value)
+    for expected in ("data/imagenet/train", "data/imagenet/val", "weights/kl16.safetensors",
+                     "weights/coda_f16/vae_ema.pth", "weights/coda_f16/quantizer_ema.pth",
+                     "weights/dino-vits16", "weights/inception.pth"):
+        assert expected in message
+    assert message.startswith("7 external input(s)")
+
+
+def test_present_inputs_pass(paper, tmp_path):
+    (tmp_path / "data/imagenet/train").mkdir(parents=True)
+    (tmp_path / "data/imagenet/val").mkdir(parents=True)
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights/kl16.safetensors").write_bytes(b"")
+    check_external_inputs(paper)
+
+
+def test_hub_id_offline_is_looked_up_in_the_local_cache(paper, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    paper["scales"]["imagenet"]["vae"] = {"source": "pretrained", "path": "org/not-cached-vae"}
+    missing = [i for i in external_inputs(paper) if not i.available()]
+    assert [i.location for i in missing if i.hub] == ["org/not-cached-vae"]
