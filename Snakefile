@@ -2,6 +2,8 @@
 # tests/test_pipeline.py keeps the two identical.
 #   snakemake --cores all results/table1.csv                       (demo scale, 2 CPU cores)
 #   snakemake --cores all results/table1.csv --config scale=imagenet
+import sys
+
 from snakemake.utils import validate
 
 configfile: "params.yaml"
@@ -19,3 +21,13 @@ include: "workflow/rules/report.smk"
 
 rule all:
     input: "results/table1.csv"
+
+# Datasets and weights the pipeline cannot make: refused all at once, before the first job (a dry
+# run still plans without them). DVC runs the same check at the start of every `coda` command.
+onstart:
+    from coda.inputs import MissingInputsError, check_external_inputs
+    try:
+        check_external_inputs(config)
+    except MissingInputsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
