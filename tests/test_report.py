@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from coda.cli import main
 from coda.report import ABLATION_COLUMNS, TABLE1_COLUMNS, build_report
-from coda.report.cli import main as report_main
 
 REPO = Path(__file__).resolve().parents[1]
 REPORTED = REPO / "references" / "reported.csv"
@@ -109,13 +109,24 @@ def test_report_without_optional_inputs_still_writes_every_file(tmp_path):
         assert image.format == "PNG"
 
 
-def test_report_command_line(inputs, tmp_path):
-    experiments = tmp_path / "params.json"
-    experiments.write_text(json.dumps({"experiments": inputs["meta"]}))
+def test_report_command_reads_the_stage_layout_it_is_given(inputs, tmp_path):
+    """`coda report` finds <train>/<experiment>/train_log.tsv, <eval>/<experiment>/*.npy and
+    <prepared>/val.npy under the folders it is given, and the experiments in params.yaml."""
+    layout = {"train": tmp_path / "train", "eval": tmp_path / "eval", "prepared": tmp_path / "prepared"}
+    (layout["prepared"]).mkdir()
+    shutil.copy(inputs["samples"]["original"], layout["prepared"] / "val.npy")
+    for name in ("coda", "ablate_vq"):
+        (layout["train"] / name).mkdir(parents=True)
+        shutil.copy(inputs["logs"][name], layout["train"] / name / "train_log.tsv")
+        (layout["eval"] / name).mkdir(parents=True)
+        shutil.copy(inputs["samples"][name], layout["eval"] / name / "recon_samples.npy")
+        shutil.copy(inputs["counts"][name], layout["eval"] / name / "code_counts.npy")
     shutil.copy(REPORTED, tmp_path / "reported.csv")
-    report_main(["--metrics", str(inputs["metrics_dir"]), "--reported", str(tmp_path / "reported.csv"),
-                 "--out", str(tmp_path / "cli"), "--experiments", str(experiments),
-                 "--train-log", f"coda={inputs['logs']['coda']}", "--recon", f"original={inputs['samples']['original']}",
-                 "--recon", f"coda={inputs['samples']['coda']}", "--code-counts", f"coda={inputs['counts']['coda']}"])
+    code = main(["report", "--params", str(REPO / "params.yaml"), "--metrics", str(inputs["metrics_dir"]),
+                 "--reported", str(tmp_path / "reported.csv"), "--prepared", str(layout["prepared"]),
+                 "--train", str(layout["train"]), "--eval", str(layout["eval"]), "--out", str(tmp_path / "cli")])
+    assert code == 0
     assert (tmp_path / "cli" / "figures" / "reconstructions.png").is_file()
     assert (tmp_path / "cli" / "table1.csv").read_text().startswith(",".join(TABLE1_COLUMNS))
+    assert list(pd.read_csv(tmp_path / "cli" / "table1.csv").query("source == 'computed'")["experiment"]) == \
+        ["vae", "coda", "ablate_vq", "ablate_rvq"]  # ceiling first, then params.yaml's pipeline order

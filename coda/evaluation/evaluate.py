@@ -1,4 +1,4 @@
-"""One pass over the validation set: reconstruct, then every metric of evaluation.md.
+"""One pass over the validation set: reconstruct, then every metric of the tables.
 
 Per batch: reconstruct, convert to uint8 (round, clamp) as a saved image would be, then update
 running sums (PSNR, SSIM, LPIPS), float64 feature statistics (rFID, rFD-VGG16) and exact code
@@ -8,17 +8,13 @@ VAE itself is evaluated (decode of its own latent): the ceiling row of the table
 from __future__ import annotations
 
 import functools
-import json
-import os
-import tempfile
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from coda.files import directory_sha256, file_sha256
+from coda.files import atomic_path, directory_sha256, file_sha256, library_versions, write_json
 
 from .frechet import (INCEPTION_EXTRACTOR, PairedFrechet, build_extractor,
                       resolve_inception_weights)
@@ -28,18 +24,6 @@ from .metrics import (PSNR_CAP_DB, SSIM_IMPLEMENTATION, CodeUsage, RunningMean, 
 LPIPS_NETS = ("vgg", "alex")
 POSTERIOR_MODES = ("sample", "mean")
 PROTOCOL_FROM_META = ("experiment", "dataset", "crop", "ema", "vae", "method")
-LIBRARIES = {"torch": "torch", "torch_fidelity": "torch-fidelity", "lpips": "lpips",
-             "scikit_image": "scikit-image", "numpy": "numpy", "coda": "coda"}
-
-
-def library_versions() -> dict:
-    found = {}
-    for key, distribution in LIBRARIES.items():
-        try:
-            found[key] = version(distribution)
-        except PackageNotFoundError:
-            found[key] = None
-    return found
 
 
 def checkpoint_sha256(path: str | Path | None) -> str | None:
@@ -59,20 +43,6 @@ def read_validation_images(val_npy: str | Path) -> np.ndarray:
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"{val_npy}: expected an N x H x W x 3 uint8 array, got {images.dtype} {images.shape}")
     return images
-
-
-class _Reconstructor:
-    """images in [-1, 1] -> (reconstruction, per-scale indices or None)."""
-
-    def __init__(self, tokenizer, vae, posterior: str):
-        self.tokenizer, self.vae, self.posterior = tokenizer, vae, posterior
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor, generator: torch.Generator):
-        if self.tokenizer is None:
-            return self.vae.decode(self.vae.latent(images, mode=self.posterior, generator=generator)), None
-        reconstruction, output = self.tokenizer(images, generator)
-        return reconstruction, output.indices
 
 
 # Frozen networks are reused across evaluations in one process (several experiments, tests).
@@ -119,26 +89,13 @@ def _frechet_result(frechet: PairedFrechet | None, reason: str | None, count: in
     return frechet.distance(), None
 
 
-def _write_json_atomically(data: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=2, allow_nan=False)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path | None = None, *,
                        batch_size: int = 16, inception_weights: str | Path | None = None,
                        posterior: str | None = None, seed: int = 0,
                        recon_samples_out: str | Path | None = None, num_recon_samples: int = 8,
                        code_counts_out: str | Path | None = None, meta: dict | None = None,
                        device: str | torch.device | None = None, max_images: int | None = None,
-                       perceptual: bool = True, progress: bool = True) -> dict:
+                       perceptual: bool = True) -> dict:
     """Evaluate ``tokenizer`` (or, with ``tokenizer=None``, the continuous ``vae``) on ``val_npy``.
 
     ``posterior``: "sample" or "mean"; default the tokenizer's own setting ("sample" for the VAE).
@@ -166,8 +123,13 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
     count = len(images) if max_images is None else min(len(images), max_images)
     if count == 0:
         raise ValueError(f"{val_npy} holds no images")
-    reconstruct = _Reconstructor(tokenizer, vae, posterior)
     generator = torch.Generator(device).manual_seed(seed)
+
+    def reconstruct(batch):  # images in [-1, 1] -> (reconstruction, per-scale indices or None)
+        if tokenizer is None:
+            return vae.decode(vae.latent(batch, mode=posterior, generator=generator)), None
+        reconstruction, output = tokenizer(batch, generator)
+        return reconstruction, output.indices
 
     psnr, ssim = RunningMean(), RunningMean()
     skipped = (None, "skipped (perceptual=False)")
@@ -182,11 +144,11 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
     try:
         starts = range(0, count, batch_size)
         for start in tqdm(starts, desc=f"evaluate {meta.get('experiment', '')}".strip(), unit="batch",
-                          mininterval=10, disable=not progress):
+                          mininterval=10):
             reference = torch.from_numpy(np.array(images[start:min(start + batch_size, count)]))
             reference = reference.permute(0, 3, 1, 2).contiguous().to(device)
             with torch.no_grad():
-                output, indices = reconstruct(uint8_to_unit(reference), generator)
+                output, indices = reconstruct(uint8_to_unit(reference))
                 output = to_uint8(output)
                 psnr.update(psnr_uint8(reference, output))
                 ssim.update(ssim_uint8(reference, output))
@@ -236,7 +198,7 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
     if code_counts_out is not None and usage is not None:
         _save_npy(code_counts_out, usage.counts.numpy())
     if out_json is not None:
-        _write_json_atomically(results, Path(out_json))
+        write_json(out_json, results)
     return results
 
 
@@ -252,6 +214,5 @@ def _code_fields(quantizer, usage: CodeUsage | None) -> dict:
 
 
 def _save_npy(path: str | Path, array: np.ndarray) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, array)
+    with atomic_path(path) as temporary, open(temporary, "wb") as f:  # a handle: np.save adds no ".npy"
+        np.save(f, array)

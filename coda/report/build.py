@@ -5,15 +5,16 @@ from pathlib import Path
 
 import numpy as np
 
+from coda.files import write_text
+
 from . import figures, readme, tables
 
 ORIGINAL = "original"  # key of recon_samples that holds the validation images themselves
 FIGURE_NAMES = {"grid": "reconstructions.png", "usage": "code_usage.png", "curves": "training_curves.png"}
 
 
-def _images(source, count: int) -> np.ndarray:
-    array = source if isinstance(source, np.ndarray) else np.load(source, mmap_mode="r")
-    return np.ascontiguousarray(array[:count])
+def _images(path, count: int) -> np.ndarray:
+    return np.ascontiguousarray(np.load(path, mmap_mode="r")[:count])
 
 
 def _grid_rows(metrics: dict[str, dict], recon_samples: dict, order: list[str], count: int) -> list:
@@ -37,9 +38,9 @@ def build_report(metrics_dir, reported_csv, out_dir, experiments_meta: dict | No
 
     ``experiments_meta``: experiment name -> its config block (``method``/``vae`` labels,
     ``quantizer.kind``, ``lora``), also the row order. ``train_logs``: name -> train_log.tsv.
-    ``recon_samples``: name -> uint8 N x H x W x 3 .npy (or array), plus ``"original"`` -> the
-    validation images. ``code_counts``: name -> the evaluator's code histogram .npy.
-    Returns the written paths.
+    ``recon_samples``: name -> uint8 N x H x W x 3 .npy, plus ``"original"`` -> the validation
+    images. ``code_counts``: name -> the evaluator's code histogram .npy. Paths that do not exist are
+    left out of the figures. Returns the written paths.
     """
     out_dir = Path(out_dir)
     experiments_meta = experiments_meta or {}
@@ -57,12 +58,12 @@ def build_report(metrics_dir, reported_csv, out_dir, experiments_meta: dict | No
 
     figure_dir = out_dir / "figures"
     counts = {name: np.load(path) for name, path in (code_counts or {}).items() if Path(path).is_file()}
+    recon_samples = {name: path for name, path in (recon_samples or {}).items() if Path(path).is_file()}
     written["grid"] = figures.reconstruction_grid(
-        _grid_rows(metrics, recon_samples or {}, order, grid_columns), figure_dir / FIGURE_NAMES["grid"],
-        grid_columns)
+        _grid_rows(metrics, recon_samples, order, grid_columns), figure_dir / FIGURE_NAMES["grid"], grid_columns)
     written["usage"] = figures.code_usage(metrics, counts, figure_dir / FIGURE_NAMES["usage"])
     written["curves"] = figures.training_curves(train_logs or {}, figure_dir / FIGURE_NAMES["curves"])
 
-    written["readme"] = out_dir / "README.md"
-    written["readme"].write_text(readme.render(metrics, table1, ablation, list(FIGURE_NAMES.values())))
+    written["readme"] = write_text(out_dir / "README.md",
+                                   readme.render(metrics, table1, ablation, list(FIGURE_NAMES.values())))
     return written

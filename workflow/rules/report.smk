@@ -7,6 +7,7 @@ rule report:
         "results/metrics/vae.json",
         "work/eval/vae/recon_samples.npy",
         "references/reported.csv",
+        "work/prepared",
     output:
         table="results/table1.csv",
         ablation="results/ablation.csv",
@@ -15,4 +16,4 @@ rule report:
     params: values=tracked("report"), scale=SCALE
     log: "logs/report.log"
     conda: "../envs/coda.yaml"
-    shell: "coda report --scale {params.scale} --out results --log logs/report.log"
+    shell: "coda report --scale {params.scale} --metrics results/metrics --reported references/reported.csv --prepared work/prepared --train work/train --eval work/eval --out results --log logs/report.log"
