@@ -1,4 +1,4 @@
-"""Evaluation of tokenizers and of the continuous VAE."""
+"""Evaluation of tokenizers and of the continuous VAE (docs/evaluation.md)."""
 from .evaluate import evaluate_tokenizer
 from .frechet import FrechetStatistics, resolve_inception_weights
 from .metrics import CodeUsage, perplexity, psnr_uint8, ssim_uint8, to_uint8

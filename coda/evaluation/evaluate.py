@@ -1,4 +1,4 @@
-"""One pass over the validation set: reconstruct, then every metric of the tables.
+"""One pass over the validation set: reconstruct, then every metric of docs/evaluation.md.
 
 Per batch: reconstruct, convert to uint8 (round, clamp) as a saved image would be, then update
 running sums (PSNR, SSIM, LPIPS), float64 feature statistics (rFID, rFD-VGG16) and exact code

@@ -1,4 +1,4 @@
-"""Report stage: table1.csv, ablation.csv, figures and a generated README."""
+"""Report stage: table1.csv, ablation.csv, figures and a generated README (docs/evaluation.md)."""
 from .build import build_report
 from .tables import ABLATION_COLUMNS, TABLE1_COLUMNS
 

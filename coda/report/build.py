@@ -11,6 +11,7 @@ from . import figures, readme, tables
 
 ORIGINAL = "original"  # key of recon_samples that holds the validation images themselves
 FIGURE_NAMES = {"grid": "reconstructions.png", "usage": "code_usage.png", "curves": "training_curves.png"}
+GRID_COLUMNS = 8  # reconstructions shown per row
 
 
 def _images(path, count: int) -> np.ndarray:
@@ -33,7 +34,7 @@ def _grid_rows(metrics: dict[str, dict], recon_samples: dict, order: list[str], 
 
 def build_report(metrics_dir, reported_csv, out_dir, experiments_meta: dict | None = None,
                  train_logs: dict | None = None, recon_samples: dict | None = None,
-                 code_counts: dict | None = None, grid_columns: int = 8) -> dict[str, Path]:
+                 code_counts: dict | None = None) -> dict[str, Path]:
     """Write ``table1.csv``, ``ablation.csv``, ``figures/*.png`` and ``README.md`` under ``out_dir``.
 
     ``experiments_meta``: experiment name -> its config block (``method``/``vae`` labels,
@@ -60,7 +61,7 @@ def build_report(metrics_dir, reported_csv, out_dir, experiments_meta: dict | No
     counts = {name: np.load(path) for name, path in (code_counts or {}).items() if Path(path).is_file()}
     recon_samples = {name: path for name, path in (recon_samples or {}).items() if Path(path).is_file()}
     written["grid"] = figures.reconstruction_grid(
-        _grid_rows(metrics, recon_samples, order, grid_columns), figure_dir / FIGURE_NAMES["grid"], grid_columns)
+        _grid_rows(metrics, recon_samples, order, GRID_COLUMNS), figure_dir / FIGURE_NAMES["grid"], GRID_COLUMNS)
     written["usage"] = figures.code_usage(metrics, counts, figure_dir / FIGURE_NAMES["usage"])
     written["curves"] = figures.training_curves(train_logs or {}, figure_dir / FIGURE_NAMES["curves"])
 
