@@ -76,9 +76,11 @@ def cmd_vae(args, params) -> None:
         if "path" not in cfg:
             raise ParamsError(f"scales.{params['scale']}.vae.path is required for source: {cfg['source']}")
         if cfg["source"] == "mar":
-            vae = ContinuousVAE.from_mar(cfg["path"])
+            from .compat import load_mar_vae
+
+            vae = load_mar_vae(cfg["path"])
         else:
-            vae = ContinuousVAE.from_pretrained(cfg["path"], subfolder=cfg.get("subfolder"))
+            vae = ContinuousVAE.from_pretrained(cfg["path"])
         vae.autoencoder.save_pretrained(out / "vae")
     info_path = out / "vae_info.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}

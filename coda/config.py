@@ -97,12 +97,5 @@ def experiment_config(params: dict, name: str) -> dict:
     config = deep_merge(params["experiments"]["base"], scale.get("experiment"))
     config = deep_merge(config, scale.get("experiments", {}).get(name))
     config = deep_merge(config, params["experiments"][name] if name != "base" else {})
-    if config.get("kind", "train") == "train":
-        quantizer = config.setdefault("quantizer", {})
-        if quantizer.get("kind") == "vq":  # single scale at the latent size
-            quantizer["latent_size"] = quantizer.pop("scales", [None])[-1]
-            quantizer.pop("attn_dim", None), quantizer.pop("entropy_temperature", None)
-        elif quantizer.get("kind") == "rvq":
-            quantizer.pop("attn_dim", None), quantizer.pop("entropy_temperature", None)
     config["name"] = name
     return config

@@ -75,10 +75,6 @@ def lora_module_names(vae_or_module: nn.Module) -> list[str]:
             if hasattr(module, "lora_A") and hasattr(module, "base_layer")]
 
 
-def lora_parameters(vae_or_module: nn.Module) -> list[nn.Parameter]:
-    return [p for name, p in vae_or_module.named_parameters() if _is_lora_param(name)]
-
-
 def adaptive_weight_layer(vae_or_module: nn.Module, variant: str) -> nn.Parameter:
     """The LoRA `up` weight used as "last layer" by the VQGAN adaptive GAN weight (method.md section 4):
     f16 the lowest-resolution decoder upsample conv, f8 the last resnet conv2 of the

@@ -13,13 +13,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
+from .files import atomic_path, write_json
 from .lora import add_lora
 from .quantizers import QuantizerOutput, build_quantizer
-from .vae import ContinuousVAE
+from .vae import LATENT_MODES, ContinuousVAE
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-POSTERIOR_MODES = ("sample", "mean")
 
 
 class Tokenizer(nn.Module):
@@ -28,8 +28,8 @@ class Tokenizer(nn.Module):
     def __init__(self, vae: ContinuousVAE, quantizer: nn.Module, lora: dict | None = None,
                  posterior: str = "sample"):
         super().__init__()
-        if posterior not in POSTERIOR_MODES:
-            raise ValueError(f"posterior must be one of {POSTERIOR_MODES}, got {posterior!r}")
+        if posterior not in LATENT_MODES:
+            raise ValueError(f"posterior must be one of {LATENT_MODES}, got {posterior!r}")
         if quantizer.dim != vae.latent_channels:
             raise ValueError(f"quantizer dim {quantizer.dim} != VAE latent channels {vae.latent_channels}")
         self.vae, self.quantizer, self.lora, self.posterior = vae, quantizer, lora, posterior
@@ -84,8 +84,9 @@ class Tokenizer(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, directory / WEIGHTS_NAME)
-        (directory / CONFIG_NAME).write_text(json.dumps(self.config, indent=2) + "\n")
+        with atomic_path(directory / WEIGHTS_NAME) as tmp:
+            save_file(state, tmp)
+        write_json(directory / CONFIG_NAME, self.config)
         return directory
 
     @classmethod

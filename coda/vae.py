@@ -1,4 +1,5 @@
-"""ContinuousVAE: one interface over any diffusers ``AutoencoderKL`` (method.md section 1).
+"""ContinuousVAE: one interface over any diffusers ``AutoencoderKL`` (method.md section 1); other
+checkpoint layouts (MAR's kl16, the released CODA VAEs) are mapped onto it in ``coda.compat``.
 
 Latents come in two spaces: *raw* (what the encoder + quant_conv produce, what post_quant_conv +
 decoder consume) and *normalised* (what the quantizer sees). ``normalize``/``denormalize`` are the
@@ -15,25 +16,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-
-# FLUX.1 VAE (tests/data/compat/flux_vae_keys.tsv); diffusers names.
-FLUX_VAE: dict = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [128, 256, 512, 512],
-    "layers_per_block": 2,
-    "act_fn": "silu",
-    "latent_channels": 16,
-    "norm_num_groups": 32,
-    "sample_size": 1024,
-    "scaling_factor": 0.3611,
-    "shift_factor": 0.1159,
-    "use_quant_conv": False,
-    "use_post_quant_conv": False,
-    "mid_block_add_attention": True,
-}
 
 # Random-init KL-VAE for CPU demos at 64x64: f8, 16 latent channels, about 3.9 M parameters.
 SMALL_VAE: dict = {
@@ -76,9 +58,6 @@ class Posterior:
         noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
         return self.mean + self.std * noise
 
-    def mode(self) -> torch.Tensor:
-        return self.mean
-
 
 def _check_batch(x: torch.Tensor, channels: int, what: str) -> None:
     if not isinstance(x, torch.Tensor):
@@ -116,14 +95,6 @@ class ContinuousVAE(nn.Module):
     def downsample_factor(self) -> int:
         return 2 ** (len(self.autoencoder.config.block_out_channels) - 1)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
     # ---- normalisation: the one place ----
     def normalize(self, z_raw: torch.Tensor) -> torch.Tensor:
         return (z_raw - self.shift_factor) * self.scaling_factor
@@ -147,7 +118,7 @@ class ContinuousVAE(nn.Module):
         if mode not in LATENT_MODES:
             raise ValueError(f"mode must be one of {LATENT_MODES}, got {mode!r}")
         posterior = self.encode(images)
-        raw = posterior.sample(generator) if mode == "sample" else posterior.mode()
+        raw = posterior.sample(generator) if mode == "sample" else posterior.mean
         return self.normalize(raw)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -214,27 +185,6 @@ class ContinuousVAE(nn.Module):
                 "Download it where there is network (huggingface-cli download) and pass the local "
                 "directory instead.") from err
         return cls(model)
-
-    @classmethod
-    def from_ldm_state_dict(cls, state_dict: Mapping[str, torch.Tensor],
-                            settings: Mapping | None = None) -> "ContinuousVAE":
-        """An LDM-layout KL-VAE state dict (MAR kl16 by default), strictly mapped onto diffusers."""
-        from coda.compat import ldm  # lazy: coda.compat imports this module
-
-        settings = ldm.MAR_KL16 if settings is None else settings
-        vae = cls.from_config(ldm.diffusers_config(settings))
-        vae.autoencoder.load_state_dict(ldm.ldm_to_diffusers(state_dict, settings), strict=True)
-        return vae
-
-    @classmethod
-    def from_mar(cls, path: str | os.PathLike, settings: Mapping | None = None) -> "ContinuousVAE":
-        """MAR's kl16.safetensors (LDM layout, strict key and shape check)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"MAR VAE weights {str(path)!r} not found (expected MAR's kl16.safetensors)")
-        from coda.compat.io import read_state_dict
-
-        return cls.from_ldm_state_dict(read_state_dict(path), settings)
 
 
 def _load_local(model_cls, location: Path, subfolder: str | None):

@@ -7,9 +7,9 @@ import torch
 from diffusers import AutoencoderKL
 
 from coda.compat import ldm
-from coda.compat.vae import (CODA_FLUX8_SETTINGS, CODA_MAR16_SETTINGS, DIFFUSERS_ARCHITECTURE,
+from coda.compat.vae import (CODA_FLUX8_SETTINGS, CODA_MAR16_SETTINGS, DIFFUSERS_ARCHITECTURE, FLUX_VAE,
                              export_official_vae_state_dict, load_official_vae, official_layout)
-from coda.vae import FLUX_VAE, ContinuousVAE
+from coda.vae import ContinuousVAE
 
 
 def read_layout(compat_dir, name) -> dict[str, tuple[int, ...]]:
@@ -33,14 +33,14 @@ def test_ldm_table_covers_mar_kl16_exactly(compat_dir):
     layout = read_layout(compat_dir, "mar_kl16_keys.tsv")
     config = ldm.diffusers_config(ldm.MAR_KL16)
     model_shapes = {k: tuple(v.shape) for k, v in AutoencoderKL(**config).state_dict().items()}
-    rows = ldm.param_table(ldm.module_table(ldm.MAR_KL16), model_shapes)
-    assert [r[0] for r in rows] == list(layout)  # same keys, same (LDM) order
-    assert sorted(r[1] for r in rows) == sorted(model_shapes)
-    assert {o: ldm.official_shape(k, p, model_shapes[d]) for o, d, k, p in rows} == layout
+    rows = official_layout(ldm.MAR_KL16)
+    assert [r.official for r in rows] == list(layout)  # same keys, same (LDM) order
+    assert sorted(r.model for r in rows) == sorted(model_shapes)
+    assert {r.official: r.official_shape for r in rows} == layout
 
 
 def test_mar_kl16_loads_strictly(compat_dir):
-    vae = ContinuousVAE.from_ldm_state_dict(zeros(read_layout(compat_dir, "mar_kl16_keys.tsv")))
+    vae = load_official_vae(zeros(read_layout(compat_dir, "mar_kl16_keys.tsv")), ldm.MAR_KL16)
     assert_all_zero(vae)
     assert vae.scaling_factor == 0.2325 and vae.latent_channels == 16 and vae.downsample_factor == 16
 
@@ -51,7 +51,7 @@ def test_mar_kl16_errors_name_ldm_keys(compat_dir):
     state["encoder.mid.attn_1.q.weight"] = torch.zeros(512, 512)
     state["encoder.extra.weight"] = torch.zeros(1)
     with pytest.raises(ldm.LayoutError) as error:
-        ContinuousVAE.from_ldm_state_dict(state)
+        load_official_vae(state, ldm.MAR_KL16)
     message = str(error.value)
     assert "missing key: decoder.up.1.upsample.conv.weight" in message
     assert "wrong shape: encoder.mid.attn_1.q.weight: expected 512x512x1x1, got 512x512" in message
@@ -133,7 +133,7 @@ def test_ldm_table_with_decoder_attention():
     config = ldm.diffusers_config(settings)
     assert config["up_block_types"] == ["AttnUpDecoderBlock2D"] * 2 + ["UpDecoderBlock2D"] * 3
     model_shapes = {k: tuple(v.shape) for k, v in AutoencoderKL(**config).state_dict().items()}
-    rows = ldm.param_table(ldm.module_table(settings), model_shapes)
-    assert sorted(r[1] for r in rows) == sorted(model_shapes)
+    rows = official_layout(settings)
+    assert sorted(r.model for r in rows) == sorted(model_shapes)
     assert ("decoder.up.3.attn.2.proj_out.weight", "decoder.up_blocks.1.attentions.2.to_out.0.weight",
-            "attn_proj", "weight") in rows
+            "attn_proj", "weight") in [r[:4] for r in rows]

@@ -8,6 +8,7 @@ import yaml
 
 from coda.cli import main
 from coda.config import ParamsError, experiment_config, load_params, validate_params
+from coda.quantizers import build_quantizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/params.schema.yaml").read_text())
@@ -62,7 +63,7 @@ def test_experiment_resolution_order():
     assert resolved["train"]["grad_clip"] == 10.0        # inherited from base
     assert resolved["quantizer"]["codebook_size"] == PARAMS["scales"]["demo"]["experiment"]["quantizer"]["codebook_size"]
     assert resolved["lora"] is None and resolved["quantizer"]["kind"] == "rvq"
-    vq = experiment_config(params, "ablate_vq")["quantizer"]
+    vq = build_quantizer(dim=8, **experiment_config(params, "ablate_vq")["quantizer"]).config
     assert vq["latent_size"] == PARAMS["scales"]["demo"]["experiment"]["quantizer"]["scales"][-1] and "scales" not in vq
     with pytest.raises(ParamsError, match="not defined"):
         experiment_config(params, "nope")

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from coda.compat import load_official_quantizer
-from coda.compat.quantizer import CODA_MAR16_QUANTIZER_SETTINGS
+from coda.compat.quantizer import CODA_F16_QUANTIZER_SETTINGS
 from coda.quantizers import CodaQuantizer
 
 
@@ -45,7 +45,7 @@ def test_golden_settings_are_the_released_f16_settings(golden):
     _, settings = golden
     assert settings["loss"] == "mean((f_hat - target)^2) + vq_loss + 0.05 * entropy_loss"
     assert settings["dtype"] == "float32"
-    assert {k: settings[k] for k in CODA_MAR16_QUANTIZER_SETTINGS} == CODA_MAR16_QUANTIZER_SETTINGS
+    assert {k: settings[k] for k in CODA_F16_QUANTIZER_SETTINGS} == CODA_F16_QUANTIZER_SETTINGS
     defaults = CodaQuantizer().config
     assert (defaults["codebook_size"], defaults["dim"], defaults["scales"]) == (
         settings["codebook_size"], settings["code_dim"], settings["scales"])

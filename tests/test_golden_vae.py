@@ -7,8 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from coda.compat.vae import export_official_vae_state_dict, load_official_vae
-from coda.vae import ContinuousVAE
+from coda.compat.vae import export_official_vae_state_dict, load_mar_vae, load_official_vae
 
 TOLERANCE = {"atol": 1e-4, "rtol": 0.0}
 
@@ -53,11 +52,11 @@ def test_decoded_mean_matches_reference(vae, golden):
 
 def test_lora_branch_is_active(golden, tmp_path):
     """The same base weights without the LoRA branch decode differently, so the match above
-    exercises the adapters; also covers from_mar with non-default LDM settings."""
+    exercises the adapters; also covers load_mar_vae with non-default LDM settings."""
     tensors, settings, params = golden
     base_path = tmp_path / "base.safetensors"
     save_file({k: v for k, v in params.items() if ".lora_layer." not in k}, str(base_path))
-    base = ContinuousVAE.from_mar(base_path, settings).eval()
+    base = load_mar_vae(base_path, settings).eval()
     with torch.no_grad():
         decoded = base.decode(base.normalize(tensors["posterior_mean"]))
     assert (decoded - tensors["decoded_mean"]).abs().max() > 1e-2

@@ -148,6 +148,18 @@ def test_invalid_settings_rejected(kind, overrides, message):
         _small(kind, **overrides)
 
 
+def test_experiment_block_builds_its_kind():
+    """Experiments share one quantizer block: rvq and vq leave the attention settings, vq keeps the last scale."""
+    block = dict(codebook_size=32, dim=4, attn_dim=8, scales=[1, 2, 5], beta=0.1, entropy_temperature=0.1,
+                 rms_eps=1e-6)
+    assert build_quantizer("coda", **block).config == {"kind": "coda", **block}
+    assert build_quantizer("rvq", **block).config == dict(kind="rvq", codebook_size=32, dim=4, scales=[1, 2, 5],
+                                                          beta=0.1)
+    assert build_quantizer("vq", **block).config == dict(kind="vq", codebook_size=32, dim=4, beta=0.1, latent_size=5)
+    with pytest.raises(TypeError, match="codebook_sze"):
+        build_quantizer("rvq", codebook_sze=32)
+
+
 def test_unknown_kind_rejected():
     with pytest.raises(ValueError, match="allowed: \\['coda', 'rvq', 'vq'\\]"):
         build_quantizer("fsq", codebook_size=8)
@@ -293,21 +305,21 @@ def test_official_keys_load(compat_dir):
 def test_official_missing_key_named(compat_dir):
     state = _official_state_dict(compat_dir)
     del state["attn.norm_k.weight"]
-    with pytest.raises(ValueError, match="missing key 'attn.norm_k.weight'"):
+    with pytest.raises(ValueError, match="missing key: attn.norm_k.weight"):
         load_official_quantizer(state, SETTINGS)
 
 
 def test_official_unexpected_key_named(compat_dir):
     state = _official_state_dict(compat_dir)
     state["attn.to_o.weight"] = torch.zeros(1)
-    with pytest.raises(ValueError, match="unexpected key 'attn.to_o.weight'"):
+    with pytest.raises(ValueError, match="unexpected key: attn.to_o.weight"):
         load_official_quantizer(state, SETTINGS)
 
 
 def test_official_wrong_shape_named(compat_dir):
     state = _official_state_dict(compat_dir)
     state["codebooks.weight"] = torch.zeros(4096, 16)
-    expected = r"'codebooks.weight': checkpoint shape \(4096, 16\) != expected \(16384, 16\)"
+    expected = "wrong shape: codebooks.weight: expected 16384x16, got 4096x16"
     with pytest.raises(ValueError, match=expected):
         load_official_quantizer(state, SETTINGS)
 

@@ -5,7 +5,8 @@ import time
 import pytest
 import torch
 
-from coda.vae import FLUX_VAE, Posterior, ContinuousVAE
+from coda.compat import FLUX_VAE
+from coda.vae import ContinuousVAE, Posterior
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,6 @@ def test_posterior_clamps_logvar():
     post = Posterior(torch.zeros(1, 2, 1, 1), torch.tensor([100.0, -100.0]).view(1, 2, 1, 1))
     assert post.logvar.flatten().tolist() == [20.0, -30.0]
     torch.testing.assert_close(post.std, torch.exp(0.5 * post.logvar))
-    assert torch.equal(post.mode(), post.mean)
 
 
 @pytest.mark.parametrize("shape", [(3, 32, 32), (1, 1, 32, 32), (1, 4, 32, 32)])

@@ -2,7 +2,7 @@
 
 from .io import read_state_dict
 from .quantizer import CODA_F8_QUANTIZER_SETTINGS, CODA_F16_QUANTIZER_SETTINGS, load_official_quantizer
-from .vae import CODA_FLUX8_SETTINGS, CODA_MAR16_SETTINGS, load_official_vae
+from .vae import CODA_FLUX8_SETTINGS, CODA_MAR16_SETTINGS, FLUX_VAE, load_mar_vae, load_official_vae
 
 # Settings of the two released tokenizers, by variant (Tokenizer.from_official).
 OFFICIAL_SETTINGS = {
@@ -10,4 +10,5 @@ OFFICIAL_SETTINGS = {
     "f8": {"vae": CODA_FLUX8_SETTINGS, "quantizer": CODA_F8_QUANTIZER_SETTINGS},
 }
 
-__all__ = ["OFFICIAL_SETTINGS", "load_official_quantizer", "load_official_vae", "read_state_dict"]
+__all__ = ["FLUX_VAE", "OFFICIAL_SETTINGS", "load_mar_vae", "load_official_quantizer", "load_official_vae",
+           "read_state_dict"]

@@ -180,7 +180,7 @@ def module_table(settings: Mapping) -> list[ModulePair]:
     return table
 
 
-# ---- tensors and strict layout checks, shared with coda.compat.vae ----
+# ---- tensors and strict layout checks, shared with coda.compat.vae and coda.compat.quantizer ----
 
 def to_diffusers_tensor(kind: str, param: str, tensor: torch.Tensor) -> torch.Tensor:
     if kind == "attn_proj" and param == "weight":
@@ -221,42 +221,3 @@ def check_layout(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, 
     lines += [f"  unexpected key: {k}" for k in unexpected]
     lines += [f"  wrong shape: {w}" for w in wrong]
     raise LayoutError("\n".join(lines))
-
-
-def param_table(modules: list[ModulePair], diffusers_shapes: Mapping[str, tuple[int, ...]]
-                ) -> list[tuple[str, str, str, str]]:
-    """Expand module pairs into (official_key, diffusers_key, kind, param) rows for the parameters
-    the diffusers model really has (a module may lack a bias)."""
-    rows = []
-    for pair in modules:
-        for param in ("weight", "bias"):
-            if f"{pair.diffusers}.{param}" in diffusers_shapes:
-                rows.append((f"{pair.official}.{param}", f"{pair.diffusers}.{param}", pair.kind, param))
-    return rows
-
-
-def _diffusers_shapes(settings: Mapping) -> dict[str, tuple[int, ...]]:
-    from diffusers import AutoencoderKL
-
-    with torch.device("meta"):  # shapes only: no memory, no random init
-        model = AutoencoderKL(**diffusers_config(settings))
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def ldm_to_diffusers(state_dict: Mapping[str, torch.Tensor], settings: Mapping = MAR_KL16
-                     ) -> dict[str, torch.Tensor]:
-    """Strictly convert an LDM/MAR KL state dict to diffusers AutoencoderKL keys.
-    Errors name the LDM keys and shapes."""
-    shapes = _diffusers_shapes(settings)
-    rows = param_table(module_table(settings), shapes)
-    check_layout(state_dict, {o: official_shape(k, p, shapes[d]) for o, d, k, p in rows}, "LDM/MAR KL")
-    return {d: to_diffusers_tensor(k, p, state_dict[o]) for o, d, k, p in rows}
-
-
-def diffusers_to_ldm(state_dict: Mapping[str, torch.Tensor], settings: Mapping = MAR_KL16
-                     ) -> dict[str, torch.Tensor]:
-    """Inverse of ldm_to_diffusers (strict, errors in diffusers names)."""
-    shapes = _diffusers_shapes(settings)
-    rows = param_table(module_table(settings), shapes)
-    check_layout(state_dict, shapes, "diffusers AutoencoderKL")
-    return {o: to_official_tensor(k, p, state_dict[d]) for o, d, k, p in rows}

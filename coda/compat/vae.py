@@ -1,4 +1,5 @@
-"""The released CODA VAE checkpoints (``vae_ema.pth``) <-> ContinuousVAE with peft LoRA.
+"""VAE checkpoints in other layouts <-> ContinuousVAE: the released CODA VAEs (``vae_ema.pth``, with
+peft LoRA) and MAR's ``kl16.safetensors`` (the same LDM layout without LoRA).
 
 Official names (see tests/data/compat/coda_*_vae_ema_keys.tsv) keep the base conv in place and
 add a branch beside it; peft moves the base conv down one level:
@@ -22,11 +23,32 @@ from typing import NamedTuple
 
 import torch
 
-from coda.compat import ldm
 from coda.lora import ADAPTER_NAME, LORA_TARGETS, add_lora, lora_target_names
-from coda.vae import FLUX_VAE, ContinuousVAE
+from coda.vae import ContinuousVAE
+
+from . import ldm
+from .io import read_state_dict
 
 DIFFUSERS_ARCHITECTURE = "diffusers AutoencoderKL"
+
+# FLUX.1 VAE (tests/data/compat/flux_vae_keys.tsv); diffusers names.
+FLUX_VAE: dict = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "act_fn": "silu",
+    "latent_channels": 16,
+    "norm_num_groups": 32,
+    "sample_size": 1024,
+    "scaling_factor": 0.3611,
+    "shift_factor": 0.1159,
+    "use_quant_conv": False,
+    "use_post_quant_conv": False,
+    "mid_block_add_attention": True,
+}
 
 # CODA f16: MAR KL-16 with rank-32 LoRA on conv1/conv2/upsample/downsample, encoder and decoder.
 CODA_MAR16_SETTINGS: dict = {
@@ -142,6 +164,11 @@ def load_official_vae(state_dict: Mapping[str, torch.Tensor], settings: Mapping 
     converted = {r.model: ldm.to_diffusers_tensor(r.kind, r.param, state_dict[r.official]) for r in rows}
     vae.autoencoder.load_state_dict(converted, strict=True)
     return vae
+
+
+def load_mar_vae(path, settings: Mapping = ldm.MAR_KL16) -> ContinuousVAE:
+    """MAR's kl16.safetensors (LDM layout, strict key and shape check); LoRA settings are ignored."""
+    return load_official_vae(read_state_dict(path), {**settings, "lora_rank": None})
 
 
 def export_official_vae_state_dict(vae: ContinuousVAE, settings: Mapping = CODA_MAR16_SETTINGS

@@ -9,16 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention_lookup import attention_lookup
-from .multiscale import (
-    F16_SCALES,
-    QuantizerOutput,
-    ScaleLookup,
-    check_float,
-    check_int,
-    check_scales,
-    residual_decode,
-    residual_quantize,
-)
+from .multiscale import (F16_SCALES, MultiScaleQuantizer, QuantizerOutput, ScaleLookup, check_float, check_int,
+                         residual_quantize)
 
 
 def _linear(layer: nn.Linear, x: Tensor) -> Tensor:
@@ -50,8 +42,9 @@ class AttentionProjections(nn.Module):
         return _linear(self.to_v, codebook)
 
 
-class CodaQuantizer(nn.Module):
+class CodaQuantizer(MultiScaleQuantizer):
     kind = "coda"
+    settings = ("codebook_size", "dim", "attn_dim", "scales", "beta", "entropy_temperature", "rms_eps")
 
     def __init__(
         self,
@@ -63,30 +56,11 @@ class CodaQuantizer(nn.Module):
         entropy_temperature: float = 0.01,
         rms_eps: float = 1e-5,
     ):
-        super().__init__()
-        self.codebook_size = check_int("codebook_size", codebook_size, 2)
-        self.dim = check_int("dim", dim, 1)
+        super().__init__(codebook_size, dim, scales, beta)
         self.attn_dim = check_int("attn_dim", attn_dim, 1)
-        self.scales = check_scales(scales)
-        self.beta = check_float("beta", beta, 0.0)
         self.entropy_temperature = check_float("entropy_temperature", entropy_temperature, 0.0, strict=True)
         self.rms_eps = check_float("rms_eps", rms_eps, 0.0, strict=True)
-        self.latent_size = self.scales[-1]
-        self.codebooks = nn.Embedding(self.codebook_size, self.dim)  # init N(0, 1)
         self.attn = AttentionProjections(self.dim, self.attn_dim, self.rms_eps)
-
-    @property
-    def config(self) -> dict:
-        return {
-            "kind": self.kind,
-            "codebook_size": self.codebook_size,
-            "dim": self.dim,
-            "attn_dim": self.attn_dim,
-            "scales": list(self.scales),
-            "beta": self.beta,
-            "entropy_temperature": self.entropy_temperature,
-            "rms_eps": self.rms_eps,
-        }
 
     def code_values(self) -> Tensor:
         """V = to_v(codebook): what the decoder receives for each code (fp32)."""
@@ -115,7 +89,3 @@ class CodaQuantizer(nn.Module):
                 return ScaleLookup(z_q, indices, vq_loss, entropy)
 
             return residual_quantize(z.float(), self.scales, self.dim, lookup)
-
-    def indices_to_latent(self, indices: list[Tensor]) -> Tensor:
-        """Decode per-scale index maps; bitwise equal to forward's f_hat."""
-        return residual_decode(indices, self.scales, self.code_values())

@@ -1,4 +1,5 @@
-"""The multi-scale residual scheme shared by all quantizers (method.md section 3), and setting checks."""
+"""The multi-scale residual scheme shared by all quantizers (method.md section 3), their common base
+class, and setting checks."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 F16_SCALES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # the paper's f16 setting (16 x 16 latent)
 
@@ -150,3 +151,44 @@ def check_scales(scales) -> tuple[int, ...]:
     if any(b <= a for a, b in zip(values, values[1:])):
         raise ValueError(f"scales must be strictly increasing, got {list(values)}")
     return tuple(int(v) for v in values)
+
+
+# ---------------------------------------------------------------- the common base
+
+
+class MultiScaleQuantizer(nn.Module):
+    """A codebook quantizing a latent scale by scale. Each kind declares its constructor arguments
+    in ``settings`` (in ``config`` order) and, in ``ignored``, the settings of other kinds that an
+    experiment's shared ``quantizer`` block may carry (experiments inherit ``experiments.base``)."""
+
+    kind: str
+    settings: tuple[str, ...]
+    ignored: tuple[str, ...] = ()
+
+    def __init__(self, codebook_size: int, dim: int = 16, scales=F16_SCALES, beta: float = 0.05):
+        super().__init__()
+        self.codebook_size = check_int("codebook_size", codebook_size, 2)
+        self.dim = check_int("dim", dim, 1)
+        self.scales = check_scales(scales)
+        self.beta = check_float("beta", beta, 0.0)
+        self.latent_size = self.scales[-1]
+        self.codebooks = nn.Embedding(self.codebook_size, self.dim)  # init N(0, 1)
+
+    @classmethod
+    def from_settings(cls, **settings) -> "MultiScaleQuantizer":
+        """From ``config`` or an experiment's quantizer block; an unknown setting is a TypeError."""
+        return cls(**{k: v for k, v in settings.items() if k not in cls.ignored})
+
+    @property
+    def config(self) -> dict:
+        """What ``build_quantizer(**config)`` rebuilds this quantizer from."""
+        values = {name: getattr(self, name) for name in self.settings}
+        return {"kind": self.kind, **{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}}
+
+    def code_values(self) -> Tensor:
+        """What the decoder receives for each code (fp32)."""
+        return self.codebooks.weight.float()
+
+    def indices_to_latent(self, indices: list[Tensor]) -> Tensor:
+        """Decode per-scale index maps; bitwise equal to forward's f_hat."""
+        return residual_decode(indices, self.scales, self.code_values())

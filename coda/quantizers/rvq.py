@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from .multiscale import (
-    F16_SCALES,
-    QuantizerOutput,
-    ScaleLookup,
-    check_float,
-    check_int,
-    check_scales,
-    residual_decode,
-    residual_quantize,
-)
+from .multiscale import MultiScaleQuantizer, QuantizerOutput, ScaleLookup, residual_quantize
 
 SEARCH_CHUNK_ELEMENTS = 1 << 22  # rows x codebook per distance block (16 MB fp32)
 
@@ -40,30 +31,10 @@ def nearest_neighbour_lookup(residual: Tensor, codebook: Tensor, beta: float) ->
     return ScaleLookup(z_q, indices, vq_loss, residual.new_zeros(()))
 
 
-class ResidualVQ(nn.Module):
+class ResidualVQ(MultiScaleQuantizer):
     kind = "rvq"
-
-    def __init__(self, codebook_size: int, dim: int = 16, scales=F16_SCALES, beta: float = 0.05):
-        super().__init__()
-        self.codebook_size = check_int("codebook_size", codebook_size, 2)
-        self.dim = check_int("dim", dim, 1)
-        self.scales = check_scales(scales)
-        self.beta = check_float("beta", beta, 0.0)
-        self.latent_size = self.scales[-1]
-        self.codebooks = nn.Embedding(self.codebook_size, self.dim)  # init N(0, 1)
-
-    @property
-    def config(self) -> dict:
-        return {
-            "kind": self.kind,
-            "codebook_size": self.codebook_size,
-            "dim": self.dim,
-            "scales": list(self.scales),
-            "beta": self.beta,
-        }
-
-    def code_values(self) -> Tensor:
-        return self.codebooks.weight.float()
+    settings = ("codebook_size", "dim", "scales", "beta")
+    ignored = ("attn_dim", "entropy_temperature", "rms_eps")  # the attention lookup's
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         with torch.autocast(z.device.type, enabled=False):
@@ -73,7 +44,3 @@ class ResidualVQ(nn.Module):
                 return nearest_neighbour_lookup(residual, codebook, self.beta)
 
             return residual_quantize(z.float(), self.scales, self.dim, lookup)
-
-    def indices_to_latent(self, indices: list[Tensor]) -> Tensor:
-        """Decode per-scale index maps; bitwise equal to forward's f_hat."""
-        return residual_decode(indices, self.scales, self.code_values())
