@@ -1,0 +1,74 @@
+"""One card per GPU job: a `coda` GPU command claims a free card before it does any work.
+
+Snakemake gives a job no GPU slot id, so `workflow/rules/common.smk` caps the concurrent GPU jobs
+of a local run at the number of cards and each job takes the first card no other job holds: an
+exclusive, non-blocking `flock` on one lock file per card. The kernel drops the lock when the
+process ends, so a killed job never leaves a card locked. Imported by the Snakefile, so no torch.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+_claimed = []  # the open lock file: the claim lasts as long as the process
+
+
+def gpu_cards() -> list[str]:
+    """The cards a job may be given: CUDA_VISIBLE_DEVICES's entries if it is set, else nvidia-smi's."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [card.strip() for card in visible.split(",") if card.strip()]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(index) for index, _ in enumerate(line for line in listing.splitlines() if line.startswith("GPU "))]
+
+
+def default_lock_dir() -> Path:
+    # Per user, and per SLURM allocation: two allocations on one node may both call their card "0".
+    job = os.environ.get("SLURM_JOB_ID")
+    return Path(tempfile.gettempdir()) / (f"coda-gpus-{os.getuid()}" + (f"-slurm{job}" if job else ""))
+
+
+def claim_gpu(lock_dir: Path | None = None, wait_s: float = 30.0) -> str | None:
+    """Claim a card no other coda job holds and make it this process's only visible device.
+
+    Call it before anything initialises CUDA. Returns the card, or None where there is nothing to
+    claim: no GPU, or under torchrun (its ranks take cuda:LOCAL_RANK of the cards they are given).
+    Waits up to `wait_s` for a card (a finished job's worker processes can hold its lock for a
+    moment), then raises rather than share one.
+    """
+    if _claimed:
+        return os.environ["CUDA_VISIBLE_DEVICES"]
+    cards = gpu_cards()
+    if not cards or "LOCAL_RANK" in os.environ:
+        return None
+    lock_dir = Path(lock_dir or default_lock_dir())
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
+    while True:
+        for card in cards:
+            handle = open(lock_dir / (card.replace("/", "_") + ".lock"), "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            handle.truncate(0)
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            _claimed.append(handle)
+            os.environ["CUDA_VISIBLE_DEVICES"] = card
+            return card
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"all {len(cards)} GPU(s) ({','.join(cards)}) are held by other coda jobs "
+                               f"(lock files in {lock_dir}); run at most one GPU job per card")
+        time.sleep(0.5)
