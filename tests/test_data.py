@@ -1,4 +1,4 @@
-"""coda.data: reading bad files, crops, reports, the prepare stage (folder and demo), datasets.
+"""coda.data: reading bad files, crops, bad-image reports, the prepare stage (folder and demo), datasets.
 
 All fixtures are generated in tmp_path at test time.
 """
@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from coda.data import images as imgs
-from coda.data.images import BadImage, find_images, list_files, open_rgb, probe_image, read_rgb
-from coda.data.npy import NpyRowWriter
-from coda.data.prepare import prepare_demo, prepare_folder
-from coda.data.report import BadImageError, BadImageReport
-from coda.data.transforms import CROPS, adm_crop, center_crop, train_crop
+from coda.data import prepare_demo, prepare_folder
+from coda.data.bad_images import REASONS, BadImage, BadImageError, BadImageReport, reporting
+from coda.data.crops import CROPS, adm_crop, center_crop, train_crop
+from coda.data.images import list_files, open_rgb, probe_image, read_rgb
+from coda.data.layout import npy_rows
 
 RES = 32
 
@@ -134,7 +133,7 @@ def test_bad_files_raise_badimage_with_reason(tmp_path):
     for name, (path, reason) in make_bad(tmp_path).items():
         with pytest.raises(BadImage) as info:
             read_rgb(path)
-        assert info.value.reason == reason, name
+        assert info.value.reason == reason and reason in REASONS, name
         assert str(path) in str(info.value)
     other = tmp_path / "notes.csv"
     other.write_text("a,b\n1,2\n")
@@ -144,7 +143,7 @@ def test_bad_files_raise_badimage_with_reason(tmp_path):
     for path, reason in cases.items():
         with pytest.raises(BadImage) as info:
             read_rgb(path)
-        assert info.value.reason == reason
+        assert info.value.reason == reason and reason in REASONS
 
 
 def test_probe_is_cheap_but_catches_header_problems(tmp_path):
@@ -156,25 +155,24 @@ def test_probe_is_cheap_but_catches_header_problems(tmp_path):
         assert info.value.reason == bad[name][1]
 
 
-def test_find_images(tmp_path):
+def test_list_files_sorts_skips_hidden_and_splits_off_non_images(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing_dir"):
-        find_images(tmp_path / "missing_dir")
+        list_files(tmp_path / "missing_dir")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no image files.*empty"):
-        find_images(tmp_path / "empty")
+    assert list_files(tmp_path / "empty") == ([], [])
     d = tmp_path / "d"
     for rel in ["b/2.JPEG", "a/1.png", "a/0.jpg", ".hidden.jpg", ".git/x.png", "readme.txt"]:
         (d / rel).parent.mkdir(parents=True, exist_ok=True)
         (d / rel).write_bytes(b"x")
-    found = [p.relative_to(d).as_posix() for p in find_images(d)]
+    found = [p.relative_to(d).as_posix() for p in list_files(d)[0]]
     assert found == ["a/0.jpg", "a/1.png", "b/2.JPEG"]
     assert [p.name for p in list_files(d)[1]] == ["readme.txt"]
     with pytest.raises(NotADirectoryError):
-        find_images(d / "readme.txt")
+        list_files(d / "readme.txt")
 
 
 # ----------------------------------------------------------------------------------------------
-# transforms.py
+# crops.py
 
 
 def test_crop_shapes():
@@ -216,22 +214,23 @@ def test_train_crop_deterministic():
 
 
 # ----------------------------------------------------------------------------------------------
-# report.py and npy.py
+# bad_images.py and layout.py
 
 
 def test_report_counts_and_policy(tmp_path):
-    rep = BadImageReport("skip", root=tmp_path)
-    rep.add_ok(tmp_path / "a.jpg")
-    rep.add_ok(tmp_path / "b.jpg", converted="CMYK")
-    rep.add_bad(tmp_path / "c.jpg", "truncated")
-    rep.add_bad(tmp_path / "d.jpg", "truncated")
-    rep.add_ignored(tmp_path / "x.txt")
+    with reporting(tmp_path / "r.json", "skip", {"train": tmp_path}, source="test") as reports:
+        rep = reports["train"]
+        rep.add_ok()
+        rep.add_ok(converted="CMYK")
+        rep.add_bad(tmp_path / "c.jpg", "truncated")
+        rep.add_bad(tmp_path / "d.jpg", "truncated")
+        rep.add_ignored(tmp_path / "x.txt")
     d = rep.to_dict()
     assert (d["total"], d["ok"], d["skipped"], d["ignored"]) == (4, 2, 2, 1)
     assert d["by_reason"] == {"truncated": 2} and d["converted"] == {"CMYK": 1}
     assert d["files"][0]["path"] == "c.jpg"
-    rep.write(tmp_path / "r.json")
-    assert json.loads((tmp_path / "r.json").read_text()) == d
+    assert json.loads((tmp_path / "r.json").read_text()) == {"on_bad_image": "skip", "source": "test",
+                                                              "train": d}
     strict = BadImageReport("error")
     with pytest.raises(BadImageError, match=r"truncated.*c\.jpg"):
         strict.add_bad("c.jpg", "truncated")
@@ -240,17 +239,20 @@ def test_report_counts_and_policy(tmp_path):
         BadImageReport("ignore")
 
 
-def test_npy_row_writer_shrinks_and_aborts(tmp_path):
-    w = NpyRowWriter(tmp_path / "x.npy", 10, (4, 4, 3))
+def test_npy_rows_keeps_the_rows_written_and_leaves_nothing_on_error(tmp_path):
     rows = [np.full((4, 4, 3), i, np.uint8) for i in range(7)]
-    for r in rows:
-        w.append(r)
-    w.close()
+    with npy_rows(tmp_path / "x.npy", 10, (4, 4, 3)) as w:
+        for r in rows:
+            w.append(r)
     arr = np.load(tmp_path / "x.npy")
     assert arr.shape == (7, 4, 4, 3) and arr.dtype == np.uint8
     np.testing.assert_array_equal(arr, np.stack(rows))
+    with open(tmp_path / "ref.npy", "wb") as fh:
+        np.save(fh, np.stack(rows))
+    assert (tmp_path / "x.npy").read_bytes() == (tmp_path / "ref.npy").read_bytes()  # a plain .npy
+    (tmp_path / "ref.npy").unlink()
     with pytest.raises(RuntimeError):
-        with NpyRowWriter(tmp_path / "y.npy", 3, (2,)) as w2:
+        with npy_rows(tmp_path / "y.npy", 3, (2,)) as w2:
             w2.append(np.zeros(2, np.uint8))
             raise RuntimeError("boom")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
@@ -279,11 +281,10 @@ def fake_imagenet(root):
     return train, val, bad_train, conv, bad_val
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_prepare_folder_end_to_end(tmp_path, workers):
+def test_prepare_folder_end_to_end(tmp_path):
     train, val, bad_train, conv, bad_val = fake_imagenet(tmp_path / "in")
     out = tmp_path / "out"
-    meta = prepare_folder(train, val, out, resolution=RES, crop="center", workers=workers)
+    meta = prepare_folder(train, val, out, resolution=RES, crop="center")
 
     rows = (out / "train_manifest.tsv").read_text().splitlines()
     assert rows[0] == "path\tlabel\tclass"
@@ -312,18 +313,18 @@ def test_prepare_folder_end_to_end(tmp_path, workers):
     np.testing.assert_array_equal(arr[0], center_crop(img, RES))
     assert meta["counts"]["train"] == 8 and meta["counts"]["val"] == 7
     assert json.loads((out / "meta.json").read_text())["crop"] == "center"
-    assert not list(out.glob("*.tmp")) and not list(out.glob(".*partial*"))
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_prepare_folder_adm_and_limits(tmp_path):
     train, val, *_ = fake_imagenet(tmp_path / "in")
     out = tmp_path / "out"
     meta = prepare_folder(train, val, out, resolution=16, crop="adm", limit_train=3, limit_val=4,
-                          seed=3, workers=1)
+                          seed=3)
     assert meta["counts"]["train"] + meta["counts"]["train_skipped"] == 3
     assert np.load(out / "val.npy").shape[1:] == (16, 16, 3)
     again = prepare_folder(train, val, tmp_path / "out2", resolution=16, crop="adm",
-                           limit_train=3, limit_val=4, seed=3, workers=1)
+                           limit_train=3, limit_val=4, seed=3)
     assert again["counts"] == meta["counts"]
     np.testing.assert_array_equal(np.load(out / "val.npy"), np.load(tmp_path / "out2" / "val.npy"))
 
@@ -332,7 +333,7 @@ def test_prepare_folder_error_policy_writes_report_then_raises(tmp_path):
     train, val, *_ = fake_imagenet(tmp_path / "in")
     out = tmp_path / "out"
     with pytest.raises(BadImageError) as info:
-        prepare_folder(train, val, out, resolution=RES, on_bad_image="error", workers=1)
+        prepare_folder(train, val, out, resolution=RES, on_bad_image="error")
     msg = str(info.value)
     assert "corrupt.jpg" in msg and "corrupt" in msg and "prepare_report.json" in msg
     report = json.loads((out / "prepare_report.json").read_text())
@@ -417,7 +418,7 @@ def test_prepare_demo_unavailable_photo_is_reported(tmp_path, monkeypatch):
 
 def test_datasets_over_prepared_dirs(tmp_path):
     torch = pytest.importorskip("torch")
-    from coda.data.datasets import ArrayImages, ManifestImages, train_dataset, val_dataset
+    from coda.data.datasets import ArrayImages, ManifestImages, train_dataset
 
     prepare_demo(tmp_path / "demo", resolution=16, crops_per_train_photo=2, crops_per_val_photo=1)
     ds = train_dataset(tmp_path / "demo")
@@ -429,10 +430,10 @@ def test_datasets_over_prepared_dirs(tmp_path):
     torch.testing.assert_close(x, torch.from_numpy(raw).permute(2, 0, 1).float() / 127.5 - 1)
     ds2 = pickle.loads(pickle.dumps(ds))
     torch.testing.assert_close(ds2[1], ds[1])
-    assert len(val_dataset(tmp_path / "demo")) == 4
+    assert len(ArrayImages(tmp_path / "demo" / "val.npy")) == 4
 
     train, val, *_ = fake_imagenet(tmp_path / "in")
-    prepare_folder(train, val, tmp_path / "folder", resolution=16, workers=1)
+    prepare_folder(train, val, tmp_path / "folder", resolution=16)
     mds = train_dataset(tmp_path / "folder", seed=5)
     assert isinstance(mds, ManifestImages) and len(mds) == 8
     with warnings.catch_warnings(record=True) as caught:
@@ -447,7 +448,3 @@ def test_datasets_over_prepared_dirs(tmp_path):
     mds.set_epoch(1)  # a new epoch draws new crops
     assert any(not torch.equal(mds[i], items[i]) for i in range(len(mds)))
 
-
-def test_reasons_are_documented():
-    for reason in ["missing", "not_an_image", "truncated", "corrupt", "too_small", "empty"]:
-        assert reason in imgs.REASONS

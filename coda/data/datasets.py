@@ -1,4 +1,4 @@
-"""torch Datasets over a prepared directory (``coda.data.prepare``).
+"""torch Datasets over a prepared folder (``coda.data.folder``, ``coda.data.demo``).
 
 Every item is a float tensor C x H x W in [-1, 1] (uint8 / 127.5 - 1).
 
@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .images import BadImage, read_rgb
-from .outputs import META, TRAIN_MANIFEST, TRAIN_NPY, VAL_NPY, read_tsv
-from .transforms import train_crop
+from .bad_images import BadImage
+from .crops import train_crop
+from .images import read_rgb
+from .layout import META, TRAIN_MANIFEST, TRAIN_NPY, read_tsv
 
 MAX_RETRIES = 50
 
@@ -40,27 +41,20 @@ class ArrayImages(Dataset):
         self.path = Path(npy_path)
         if not self.path.exists():
             raise FileNotFoundError(f"image array not found: {self.path} (run the prepare stage)")
-        arr = self._open()
+        arr = np.load(self.path, mmap_mode="r")
         if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
             raise ValueError(f"{self.path}: expected uint8 N x H x W x 3, got {arr.dtype} "
                              f"{arr.shape}")
         self.shape = tuple(arr.shape)
         self._arr = None  # opened lazily in each process
 
-    def _open(self):
-        return np.load(self.path, mmap_mode="r")
-
-    @property
-    def array(self) -> np.ndarray:
-        if self._arr is None:
-            self._arr = self._open()
-        return self._arr
-
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return to_tensor(np.array(self.array[index]))
+        if self._arr is None:
+            self._arr = np.load(self.path, mmap_mode="r")
+        return to_tensor(np.array(self._arr[index]))
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -79,7 +73,6 @@ class ManifestImages(Dataset):
         if not rows:
             raise ValueError(f"train manifest {self.manifest} lists no images")
         self.paths = [r["path"] for r in rows]
-        self.labels = [int(r.get("label") or 0) for r in rows]
         self.resolution, self.seed, self.min_size = int(resolution), int(seed), min_size
         self.epoch = 0
         self._bad: set[int] = set()
@@ -90,13 +83,10 @@ class ManifestImages(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _rng(self, index: int, attempt: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, int(index), attempt])
-
     def __getitem__(self, index: int) -> torch.Tensor:
         i = int(index)
         for attempt in range(MAX_RETRIES):
-            rng = self._rng(index, attempt)
+            rng = np.random.default_rng([self.seed, self.epoch, int(index), attempt])
             if i not in self._bad:
                 try:
                     img = read_rgb(self.root / self.paths[i], self.min_size)
@@ -144,8 +134,3 @@ def train_dataset(prepared_dir, resolution: int | None = None, seed: int = 0,
     return ManifestImages(manifest, root, resolution, seed=seed,
                           min_size=meta.get("min_size"))
 
-
-def val_dataset(prepared_dir) -> ArrayImages:
-    """The preprocessed validation set (``val.npy``)."""
-    read_meta(prepared_dir)
-    return ArrayImages(Path(prepared_dir) / VAL_NPY)

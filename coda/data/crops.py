@@ -1,4 +1,4 @@
-"""Crops from an RGB ``PIL.Image`` to a uint8 H x W x 3 numpy array (evaluation.md).
+"""Crops from an RGB ``PIL.Image`` to a uint8 H x W x 3 numpy array.
 
 - ``center_crop``: resize the short side to ``res`` (Lanczos), centre crop. The default for the
   validation set.
@@ -72,7 +72,6 @@ CROPS = {"center": center_crop, "adm": adm_crop}
 
 def get_crop(name: str):
     """The validation crop function for ``name`` ("center" or "adm")."""
-    try:
-        return CROPS[name]
-    except KeyError:
-        raise ValueError(f"unknown crop {name!r}: expected one of {sorted(CROPS)}") from None
+    if name not in CROPS:
+        raise ValueError(f"unknown crop {name!r}: expected one of {sorted(CROPS)}")
+    return CROPS[name]
