@@ -238,14 +238,17 @@ def test_rfid_path_runs_with_test_only_weights_and_says_so(val_npy, test_only_in
     assert "NOT" in weights["warning"] and weights["sha256"] == file_sha256(test_only_inception_weights)
 
 
-def test_inception_weights_from_torch_fidelity_cache_are_checked(test_only_inception_weights, tmp_path,
-                                                                   monkeypatch):
-    assert resolve_inception_weights(None)[0] is None
-    cached = tmp_path / "torch_home" / "hub" / "checkpoints" / OFFICIAL_INCEPTION_FILE
+@pytest.mark.parametrize("name", [OFFICIAL_INCEPTION_FILE, "pt_inception-2015-12-05-6726825d.pth"])
+def test_inception_weights_from_the_torch_hub_cache_are_checked(test_only_inception_weights, tmp_path,
+                                                                  monkeypatch, name):
+    """torch-fidelity's file, or pytorch-fid's copy of the same weights under its own name."""
+    missing = resolve_inception_weights(None)
+    assert missing[0] is None and str(tmp_path) not in missing[1]["missing_reason"]  # no machine paths
+    cached = tmp_path / "torch_home" / "hub" / "checkpoints" / name
     cached.parent.mkdir(parents=True)
     cached.symlink_to(test_only_inception_weights)
     path, info = resolve_inception_weights(None)
-    assert path == cached and info["source"] == "torch-fidelity cache"
+    assert path == cached and info["source"] == "torch hub cache"
     assert info["official"] is False  # right name, wrong hash: not mistaken for the official file
     with pytest.raises(FileNotFoundError):
         resolve_inception_weights(tmp_path / "absent.pth")

@@ -16,7 +16,8 @@ from coda.files import file_sha256
 
 INCEPTION_EXTRACTOR = "inception-v3-compat"
 # torch-fidelity's release file; torch.hub names files <stem>-<first 8 hex digits of sha256>.
-OFFICIAL_INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+OFFICIAL_INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's release v0.2.0
+INCEPTION_FILES = (OFFICIAL_INCEPTION_FILE, "pt_inception-2015-12-05-6726825d.pth")  # + pytorch-fid's name
 OFFICIAL_INCEPTION_SHA256_PREFIX = "6726825d"
 
 
@@ -81,13 +82,15 @@ def resolve_inception_weights(path: str | Path | None) -> tuple[Path | None, dic
     """
     source = "given path"
     if path is None:
-        # where torch-fidelity (torch.hub) keeps the file once downloaded
-        path, source = Path(torch.hub.get_dir()) / "checkpoints" / OFFICIAL_INCEPTION_FILE, "torch-fidelity cache"
-        if not path.is_file():
+        # where torch-fidelity (torch.hub) keeps the file once downloaded; pytorch-fid's copy of the
+        # same weights (same sha256 prefix) is accepted under its own name
+        cached = [Path(torch.hub.get_dir()) / "checkpoints" / name for name in INCEPTION_FILES]
+        path, source = next((p for p in cached if p.is_file()), None), "torch hub cache"
+        if path is None:
             return None, {"missing_reason": (
-                f"Inception-v3 weights not available offline: no weights path given and no "
-                f"{OFFICIAL_INCEPTION_FILE} in torch-fidelity's cache ({path.parent}); rFID needs the "
-                f"official weights and is never computed from random ones")}
+                f"Inception-v3 weights not available offline: no evaluate.inception_weights given and "
+                f"no {OFFICIAL_INCEPTION_FILE} in the torch hub cache ($TORCH_HOME/hub/checkpoints); rFID "
+                f"needs the official weights and is never computed from random ones")}
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Inception weights file {path} not found")
