@@ -45,11 +45,6 @@ class Posterior:
     def __post_init__(self):
         self.logvar = self.logvar.clamp(*LOGVAR_RANGE)
 
-    @classmethod
-    def from_moments(cls, moments: torch.Tensor) -> "Posterior":
-        mean, logvar = moments.chunk(2, dim=1)
-        return cls(mean, logvar)
-
     @property
     def std(self) -> torch.Tensor:
         return torch.exp(0.5 * self.logvar)
@@ -110,7 +105,7 @@ class ContinuousVAE(nn.Module):
         moments = ae.encoder(images)
         if ae.quant_conv is not None:
             moments = ae.quant_conv(moments)
-        return Posterior.from_moments(moments)
+        return Posterior(*moments.chunk(2, dim=1))
 
     def latent(self, images: torch.Tensor, mode: str = "sample",
                generator: torch.Generator | None = None) -> torch.Tensor:

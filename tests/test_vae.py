@@ -5,7 +5,6 @@ import time
 import pytest
 import torch
 
-from coda.compat import FLUX_VAE
 from coda.vae import ContinuousVAE, Posterior
 
 
@@ -19,11 +18,9 @@ def images():
     return torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
 
 
-def test_small_defaults():
-    vae = ContinuousVAE.small()
-    assert vae.latent_channels == 16 and vae.downsample_factor == 8
-    assert vae.scaling_factor == 1.0 and vae.shift_factor == 0.0
-    assert vae.config["block_out_channels"] == [32, 64, 128, 128]
+def test_null_shift_factor_means_no_shift():
+    vae = ContinuousVAE.small()  # SMALL_VAE: shift_factor None
+    assert vae.shift_factor == 0.0 and vae.downsample_factor == 8
 
 
 def test_shapes(vae, images):
@@ -37,11 +34,6 @@ def test_normalisation_round_trip(vae):
     raw = torch.randn(2, 16, 4, 4)
     assert torch.allclose(vae.normalize(raw), (raw - 0.1) * 0.5)
     torch.testing.assert_close(vae.denormalize(vae.normalize(raw)), raw)
-
-
-def test_flux_factors_from_config():
-    vae = ContinuousVAE.small(scaling_factor=FLUX_VAE["scaling_factor"], shift_factor=FLUX_VAE["shift_factor"])
-    assert (vae.scaling_factor, vae.shift_factor) == (0.3611, 0.1159)
 
 
 def test_encode_matches_diffusers(vae, images):

@@ -108,12 +108,12 @@ def _module_pairs(settings: Mapping, model: torch.nn.Module) -> list[ldm.ModuleP
             if any(True for _ in module.parameters(recurse=False))]
 
 
-def _lora_settings(settings: Mapping) -> tuple[int, tuple[str, ...], str, float] | None:
-    rank = settings.get("lora_rank")
-    if not rank:
+def _lora_settings(settings: Mapping) -> dict | None:
+    """The add_lora arguments of these settings; None without LoRA."""
+    if not settings.get("lora_rank"):
         return None
-    return (rank, tuple(settings["lora_targets"]), settings.get("lora_where", "both"),
-            float(settings.get("lora_scale", 1.0)))
+    return {"rank": settings["lora_rank"], "targets": tuple(settings["lora_targets"]),
+            "where": settings.get("lora_where", "both"), "scale": float(settings.get("lora_scale", 1.0))}
 
 
 def official_layout(settings: Mapping) -> list[Row]:
@@ -121,7 +121,7 @@ def official_layout(settings: Mapping) -> list[Row]:
     model = _plain_model(settings)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     lora = _lora_settings(settings)
-    adapted = set(lora_target_names(model, lora[1], lora[2])) if lora else set()
+    adapted = set(lora_target_names(model, lora["targets"], lora["where"])) if lora else set()
     rows = []
     for pair in _module_pairs(settings, model):
         wrapped = pair.diffusers in adapted
@@ -132,7 +132,7 @@ def official_layout(settings: Mapping) -> list[Row]:
                 rows.append(Row(f"{pair.official}.{param}", model_key, pair.kind, param, shapes[key]))
         if wrapped:
             out_ch, in_ch, kh, kw = shapes[f"{pair.diffusers}.weight"]
-            rank = lora[0]
+            rank = lora["rank"]
             rows.append(Row(f"{pair.official}.lora_layer.down.weight",
                             f"{pair.diffusers}.lora_A.{ADAPTER_NAME}.weight", "conv", "weight", (rank, in_ch, kh, kw)))
             rows.append(Row(f"{pair.official}.lora_layer.up.weight",
@@ -149,8 +149,7 @@ def build_vae(settings: Mapping) -> ContinuousVAE:
     vae = ContinuousVAE.from_config(_diffusers_config(settings))
     lora = _lora_settings(settings)
     if lora:
-        rank, targets, where, scale = lora
-        add_lora(vae, rank=rank, targets=targets, where=where, scale=scale)
+        add_lora(vae, **lora)
     return vae
 
 
