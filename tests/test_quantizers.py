@@ -1,17 +1,17 @@
 """Quantizer contract (docs/interfaces.md), setting checks, the beta weighting, the fused attention
 lookup against a plain autograd version, and loading the released key layout."""
 
+import importlib.util
 import json
-import math
+from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import coda.quantizers.attention_lookup as attention_lookup
 from coda.compat import load_official_quantizer, read_state_dict
 from coda.quantizers import CodaQuantizer, QuantizerOutput, ResidualVQ, build_quantizer
-from coda.quantizers.multiscale import downsample, upsample
+from coda.quantizers.multiscale import upsample
 
 SMALL = {
     "coda": dict(kind="coda", codebook_size=32, dim=4, attn_dim=8, scales=(1, 2, 3, 5), entropy_temperature=0.1),
@@ -202,28 +202,11 @@ def test_beta_scales_only_the_codebook_side(kind):
 
 
 def _dense_coda(q: CodaQuantizer, z):
-    """method.md section 3 written directly with one-hot and softmax matrices."""
-    keys = F.rms_norm(q.attn.to_k(q.codebooks.weight), (q.attn_dim,), q.attn.norm_k.weight, q.rms_eps)
-    values = q.attn.to_v(q.codebooks.weight)
-    batch, channels, size, _ = z.shape
-    f_res, f_hat, vq, ent, indices = z, torch.zeros_like(z), [], [], []
-    for side in q.scales:
-        r = downsample(f_res, side).permute(0, 2, 3, 1).reshape(-1, channels)
-        query = F.rms_norm(q.attn.to_q(r), (q.attn_dim,), q.attn.norm_q.weight, q.rms_eps)
-        logits = query @ keys.T / math.sqrt(q.attn_dim)
-        p = logits.softmax(-1)
-        idx = logits.argmax(-1)
-        z_q = (F.one_hot(idx, q.codebook_size).float() - p.detach() + p) @ values
-        hard = values[idx]
-        vq.append(F.mse_loss(z_q, r) + F.mse_loss(hard.detach(), r) + q.beta * F.mse_loss(hard, r.detach()))
-        scaled = logits / q.entropy_temperature
-        p_t = scaled.softmax(-1)
-        mean_p = p_t.mean(0)
-        ent.append(-(p_t * scaled.log_softmax(-1)).sum(-1).mean() + (mean_p * (mean_p + 1e-5).log()).sum())
-        up = upsample(z_q.reshape(batch, side, side, channels).permute(0, 3, 1, 2), size)
-        f_hat, f_res = f_hat + up, f_res - up
-        indices.append(idx.reshape(batch, side, side))
-    return QuantizerOutput(f_hat, indices, torch.stack(vq).mean(), torch.stack(ent).mean())
+    """method.md section 3 written directly with one-hot and softmax matrices: the benchmark's baseline."""
+    spec = importlib.util.spec_from_file_location("bench_quantizer", Path(__file__).parents[1] / "bench/quantizer.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return QuantizerOutput(*bench.dense_forward(q, z))
 
 
 # (temperature, share of a chunk allowed in the band): entropy on the band only, dense only, both
