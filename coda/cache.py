@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,6 +17,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
+
+from .files import atomic_path, write_json
 
 MANIFEST = "manifest.json"
 STATE = "cache_state.json"
@@ -28,21 +29,9 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:05d}.safetensors"
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def _save_shard(tensors: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, tmp)
-    os.replace(tmp, path)
-
-
-def _identity(vae_hash: str, preprocessing: dict, dtype: str, shard_size: int, counts: dict) -> dict:
-    return {"vae_hash": vae_hash, "preprocessing": preprocessing, "dtype": dtype,
-            "shard_size": shard_size, "counts": counts}
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp)
 
 
 def _prepare_directory(out_dir: Path, identity: dict) -> None:
@@ -56,7 +45,7 @@ def _prepare_directory(out_dir: Path, identity: dict) -> None:
         for path in stale:
             path.unlink()
         (out_dir / MANIFEST).unlink(missing_ok=True)
-    _write_json(state_path, identity)
+    write_json(state_path, identity)
 
 
 @torch.no_grad()
@@ -74,7 +63,8 @@ def cache_latents(vae, splits: dict[str, Dataset], out_dir: str | Path, *, vae_h
         raise ValueError("shard_size and batch_size must be positive")
     out_dir = Path(out_dir)
     counts = {name: len(ds) for name, ds in splits.items()}
-    identity = _identity(vae_hash, preprocessing, dtype, shard_size, counts)
+    identity = {"vae_hash": vae_hash, "preprocessing": preprocessing, "dtype": dtype,
+                "shard_size": shard_size, "counts": counts}
     _prepare_directory(out_dir, identity)
     vae = vae.to(device).eval()
     store = DTYPES[dtype]
@@ -112,13 +102,14 @@ def cache_latents(vae, splits: dict[str, Dataset], out_dir: str | Path, *, vae_h
             bar.close()
         for job in pending:
             job.result()  # surface write errors
-    if latent_shape is None:  # everything was already cached
-        latent_shape = LatentDataset(out_dir, next(iter(splits)), check=False).latent_shape
+    if latent_shape is None:  # everything was already cached: read it from a shard's header
+        with safe_open(out_dir / shard_name(next(iter(splits)), 0), framework="pt") as f:
+            latent_shape = f.get_slice("mean").get_shape()[1:]
     manifest = {**identity, "latent_shape": latent_shape,
                 "splits": {name: {"count": counts[name],
                                   "shards": [shard_name(name, i) for i in range(math.ceil(counts[name] / shard_size))]}
                            for name in splits}}
-    _write_json(out_dir / MANIFEST, manifest)
+    write_json(out_dir / MANIFEST, manifest)
     return out_dir / MANIFEST
 
 
@@ -129,21 +120,17 @@ class LatentDataset(Dataset):
     (f16: 16 x 16 x 16 fp16 per 256x256 image, 8 KiB).
     """
 
-    def __init__(self, cache_dir: str | Path, split: str, check: bool = True):
-        cache_dir = Path(cache_dir)
-        if check:
-            manifest_path = cache_dir / MANIFEST
-            if not manifest_path.exists():
-                raise FileNotFoundError(f"{manifest_path} not found: run the cache stage first "
-                                        "(`coda cache`), or train in `images` mode")
-            manifest = json.loads(manifest_path.read_text())
-            if split not in manifest["splits"]:
-                raise KeyError(f"split {split!r} not in {manifest_path} (has {sorted(manifest['splits'])})")
-            files = [cache_dir / f for f in manifest["splits"][split]["shards"]]
-        else:
-            files = sorted(cache_dir.glob(f"{split}-*.safetensors"))
+    def __init__(self, cache_dir: str | Path, split: str):
+        manifest_path = Path(cache_dir) / MANIFEST
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"{manifest_path} not found: run the cache stage first "
+                                    "(`coda cache`), or train in `images` mode")
+        manifest = json.loads(manifest_path.read_text())
+        if split not in manifest["splits"]:
+            raise KeyError(f"split {split!r} not in {manifest_path} (has {sorted(manifest['splits'])})")
         means, logvars = [], []
-        for path in files:
+        for name in manifest["splits"][split]["shards"]:
+            path = Path(cache_dir) / name
             with safe_open(path, framework="pt") as f:
                 means.append(f.get_tensor("mean"))
                 logvars.append(f.get_tensor("logvar"))
@@ -156,8 +143,3 @@ class LatentDataset(Dataset):
     def __getitem__(self, index: int):
         return self.mean[index].float(), self.logvar[index].float()
 
-
-def sample_posterior(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None):
-    """A posterior sample from cached moments (same formula as the VAE's own posterior)."""
-    std = torch.exp(0.5 * logvar)
-    return mean + std * torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)

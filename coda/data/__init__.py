@@ -6,11 +6,7 @@
 - ``layout``: the prepared folder's file names and writers; ``datasets``: torch Datasets over it.
 """
 
-from .bad_images import BadImage, BadImageError, BadImageReport
-from .crops import CROPS, adm_crop, center_crop, train_crop
 from .demo import prepare_demo
 from .folder import prepare_folder
-from .images import read_rgb
 
-__all__ = ["BadImage", "BadImageError", "BadImageReport", "CROPS", "adm_crop", "center_crop",
-           "prepare_demo", "prepare_folder", "read_rgb", "train_crop"]
+__all__ = ["prepare_demo", "prepare_folder"]

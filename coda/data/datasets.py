@@ -109,14 +109,10 @@ def read_meta(prepared_dir) -> dict:
         return json.load(fh)
 
 
-def train_dataset(prepared_dir, resolution: int | None = None, seed: int = 0,
-                  root=None) -> Dataset:
-    """The training set of a prepared folder: ``train.npy`` if present, else the manifest.
-
-    ``resolution=None`` uses the prepared resolution. With ``train.npy`` the resolution must
-    match the stored crops. ``root`` overrides the image folder recorded in meta.json (for a
-    prepared folder moved to another machine).
-    """
+def train_dataset(prepared_dir, resolution: int | None = None, seed: int = 0) -> Dataset:
+    """The training set of a prepared folder: ``train.npy`` if present, else the manifest of the
+    files under meta.json's ``train_dir``. ``resolution=None``: the prepared resolution (with
+    ``train.npy`` it must be the stored crops')."""
     prepared_dir = Path(prepared_dir)
     meta = read_meta(prepared_dir)
     resolution = int(meta["resolution"] if resolution is None else resolution)
@@ -127,10 +123,8 @@ def train_dataset(prepared_dir, resolution: int | None = None, seed: int = 0,
             raise ValueError(f"{npy} holds {ds.shape[1]}x{ds.shape[2]} crops but resolution "
                              f"{resolution} was asked for; re-run prepare at that resolution")
         return ds
-    manifest = prepared_dir / TRAIN_MANIFEST
-    root = root if root is not None else meta.get("train_dir")
-    if root is None:
-        raise ValueError(f"{prepared_dir / META} has no train_dir for {manifest}")
-    return ManifestImages(manifest, root, resolution, seed=seed,
+    if "train_dir" not in meta:
+        raise ValueError(f"{prepared_dir / META} has no train_dir for {prepared_dir / TRAIN_MANIFEST}")
+    return ManifestImages(prepared_dir / TRAIN_MANIFEST, meta["train_dir"], resolution, seed=seed,
                           min_size=meta.get("min_size"))
 
