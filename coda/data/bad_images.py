@@ -1,15 +1,9 @@
 """Bad-image bookkeeping: the reason codes, the ``on_bad_image`` policy and ``prepare_report.json``.
 
-Every candidate file is counted as ok (noting a colour conversion) or bad (with a reason from
-``REASONS``); files without an image extension are ``ignored`` (counted and listed, never an
-error). A split's report serialises to::
-
-    {"total": n, "ok": k, "skipped": m, "by_reason": {"truncated": 2, ...},
-     "converted": {"CMYK": 1, ...}, "files": [{"path": ..., "reason": ..., "detail": ...}],
-     "ignored": i, "ignored_files": [...]}
-
-Policy: ``"skip"`` records and continues; ``"error"`` records, then raises ``BadImageError``
-naming the file and the reason, after ``prepare_report.json`` is written, so nothing is lost.
+Every candidate file counts as ok (noting a colour conversion) or bad (with a reason from
+``REASONS``); a file without an image extension is ``ignored`` (counted and listed, never an
+error). Policy: ``"skip"`` records and continues; ``"error"`` records, then raises
+``BadImageError`` naming the file and the reason, after the report is written.
 """
 
 from __future__ import annotations

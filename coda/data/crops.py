@@ -1,11 +1,5 @@
-"""Crops from an RGB ``PIL.Image`` to a uint8 H x W x 3 numpy array.
-
-- ``center_crop``: resize the short side to ``res`` (Lanczos), centre crop. The default for the
-  validation set.
-- ``adm_crop``: the ADM ``center_crop_arr`` protocol: box-halve while the short side is >= 2 x res,
-  bicubic resize so the short side is ``res``, centre crop.
-- ``train_crop``: resize the short side to round(1.125 x res) (Lanczos), random crop, no flip.
-"""
+"""Crops from an RGB ``PIL.Image`` to a uint8 H x W x 3 numpy array: ``center_crop`` and
+``adm_crop`` for the validation set, ``train_crop`` (seeded, random) for training."""
 
 from __future__ import annotations
 

@@ -36,11 +36,17 @@ CHUNK = 256  # files in flight at once: bounds memory for 1.28M paths
 
 
 def _in_threads(fn, items):
-    """``map(fn, items)`` in order on a thread pool (PIL releases the GIL while decoding), a chunk
-    at a time; ``fn`` returns errors as values. A consumer that stops early cancels the rest."""
+    """(path, fn(path) or None, BadImage or None) for each path, in order, on a thread pool (PIL
+    releases the GIL while decoding), a chunk at a time. A consumer that stops early cancels the rest."""
+    def attempt(path):
+        try:
+            return path, fn(path), None
+        except BadImage as exc:
+            return path, None, exc
+
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for start in range(0, len(items), CHUNK):
-            yield from pool.map(fn, items[start:start + CHUNK])
+            yield from pool.map(attempt, items[start:start + CHUNK])
 
 
 def _candidates(root: Path, report, what: str, limit, seed: int, salt: int) -> list[Path]:
@@ -74,16 +80,9 @@ def _checked(results, total: int, root: Path, report, desc: str):
 
 def _build_manifest(train_dir: Path, report, min_size, limit, seed):
     paths = _candidates(train_dir, report, "train", limit, seed, salt=1)
-
-    def check(path):
-        try:
-            return path, probe_image(path, min_size), None
-        except BadImage as exc:
-            return path, None, exc
-
+    checked = _in_threads(lambda path: probe_image(path, min_size), paths)
     rows = []
-    for _, rel, cls, _ in _checked(_in_threads(check, paths), len(paths), train_dir, report,
-                                 "train: header check"):
+    for _, rel, cls, _ in _checked(checked, len(paths), train_dir, report, "train: header check"):
         report.add_ok()
         rows.append((rel, cls))
     classes = sorted({c for _, c in rows})
@@ -97,11 +96,8 @@ def _build_val(val_dir: Path, out_dir: Path, report, resolution: int, crop: str,
     paths = _candidates(val_dir, report, "validation", limit, seed, salt=2)
 
     def load(path):
-        try:
-            img, converted = open_rgb(path, min_size)
-            return path, (crop_fn(img, resolution), converted), None
-        except BadImage as exc:
-            return path, None, exc
+        img, converted = open_rgb(path, min_size)
+        return crop_fn(img, resolution), converted
 
     files = []
     with npy_rows(out_dir / VAL_NPY, len(paths), (resolution, resolution, 3)) as writer:

@@ -7,8 +7,7 @@ Greyscale photos (camera and the brick/grass/gravel textures) are repeated into 
 
 from __future__ import annotations
 
-import functools
-from functools import partial
+from functools import lru_cache, partial
 
 import numpy as np
 
@@ -38,16 +37,9 @@ def _matplotlib(filename: str):
 
 # name -> (package, loader). Order is fixed; it is the order of the demo arrays.
 PHOTOS = {
-    "astronaut": ("scikit-image", partial(_skimage, "astronaut")),
-    "chelsea": ("scikit-image", partial(_skimage, "chelsea")),
-    "coffee": ("scikit-image", partial(_skimage, "coffee")),
-    "rocket": ("scikit-image", partial(_skimage, "rocket")),
-    "hubble_deep_field": ("scikit-image", partial(_skimage, "hubble_deep_field")),
-    "retina": ("scikit-image", partial(_skimage, "retina")),
-    "immunohistochemistry": ("scikit-image", partial(_skimage, "immunohistochemistry")),
-    "brick": ("scikit-image", partial(_skimage, "brick")),
-    "grass": ("scikit-image", partial(_skimage, "grass")),
-    "gravel": ("scikit-image", partial(_skimage, "gravel")),
+    **{name: ("scikit-image", partial(_skimage, name)) for name in (
+        "astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina",
+        "immunohistochemistry", "brick", "grass", "gravel")},
     "motorcycle_left": ("scikit-image", partial(_skimage, "stereo_motorcycle", 0)),
     "motorcycle_right": ("scikit-image", partial(_skimage, "stereo_motorcycle", 1)),
     "camera": ("scikit-image", partial(_skimage, "camera")),
@@ -75,7 +67,7 @@ def load_photo(name: str) -> np.ndarray:
         raise BadImage("unavailable", name, f"{package}: {type(exc).__name__}: {exc}") from None
 
 
-@functools.lru_cache(maxsize=len(PHOTOS) + 4)
+@lru_cache(maxsize=len(PHOTOS) + 4)
 def _load_cached(loader, name: str) -> np.ndarray:
     """Photos are small (about 15 MB together); keep them for repeated runs. Read-only."""
     arr = np.asarray(loader())
