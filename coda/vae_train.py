@@ -6,7 +6,6 @@ KL autoencoders are trained, without the GAN). CODA then treats it as the frozen
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
+from .files import write_json
 from .train.schedule import learning_rate
 from .vae import ContinuousVAE
 
@@ -73,7 +73,7 @@ def train_small_vae(dataset, out_dir: str | Path, *, architecture: dict, steps: 
     vae.autoencoder.save_pretrained(out_dir / "vae")
     info = {"architecture": architecture, "steps": steps, "batch_size": batch_size, "lr": lr,
             "kl_weight": kl_weight, "scaling_factor": scale, "seed": seed}
-    (out_dir / "vae_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_json(out_dir / "vae_info.json", info)
     return ContinuousVAE.from_pretrained(out_dir / "vae")
 
 

@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from coda.data.datasets import ArrayImages
@@ -27,3 +28,8 @@ def test_small_vae_training_writes_a_loadable_vae_with_unit_latent_scale(tmp_pat
     assert rows[0].startswith("step\tlr\tloss") and len(rows) == 4
     z = vae.normalize(vae.encode(ArrayImages(tmp_path / "train.npy")[0][None]).mean)
     assert z.shape == (1, 4, 8, 8)
+    # the scale makes normalised posterior samples of the training images unit-variance
+    images = torch.stack([ArrayImages(tmp_path / "train.npy")[i] for i in range(16)])
+    with torch.no_grad():
+        samples = vae.normalize(vae.encode(images).sample(torch.Generator().manual_seed(1)))
+    assert samples.std().item() == pytest.approx(1.0, abs=0.05)
