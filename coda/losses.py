@@ -1,4 +1,5 @@
-"""Training losses on pixels and the GAN terms (method.md section 4), each a small pure function.
+"""Training losses (method.md section 4): small pure functions, and ``TokenizerLoss``, the one
+place that combines them for a micro-batch (weights, LPIPS, GAN terms, the adaptive weight).
 
 Pixels are in [-1, 1]. Every loss returns a scalar tensor averaged over its batch, so that
 gradient accumulation can scale it by 1 / micro-batches and stay exact. The quantizer's own
@@ -6,9 +7,14 @@ losses (VQ, entropy) come with its output (``QuantizerOutput.vq_loss`` / ``.entr
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .lora import adaptive_weight_layer
+from .vae import posterior_latent
 
 
 def l1(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -64,3 +70,88 @@ def adaptive_weight(nll_loss: torch.Tensor, gan_loss: torch.Tensor, last_layer: 
 def gan_ramp(step: int, total_steps: int) -> float:
     """GAN weight grows linearly from 0 to 1 over the whole run (the discriminator trains from step 0)."""
     return min(1.0, step / max(total_steps, 1))
+
+
+# -- the objective of one micro-batch -------------------------------------------------------
+def adaptive_weight_target(tokenizer, variant: str | None = None) -> str:
+    """Where the adaptive weight differentiates: the method's "last layer", a LoRA ``up`` weight
+    (f16: lowest-resolution upsample conv; f8: last conv2 of the highest-resolution up block),
+    from the experiment's ``variant``, else f16 when LoRA targets the upsample convs (the f16
+    recipe) and f8 otherwise. Without LoRA no decoder weight trains, so the decoder input f_hat."""
+    if not tokenizer.lora:
+        return "decoder_input"
+    return variant or ("f16" if "upsample" in tokenizer.lora.get("targets", ()) else "f8")
+
+
+class TokenizerLoss:
+    """Everything one micro-batch is trained on (method.md section 4); the loop calls it.
+
+    ``latents`` mode: mse(f_hat, z) and the quantizer's VQ and entropy losses on a posterior sample
+    of cached moments. ``images`` mode: encoder -> quantizer -> decoder, nll = l1 + mse + LPIPS,
+    the quantizer's losses and, with a discriminator, ramp x adaptive weight x hinge GAN loss;
+    ``discriminator_loss`` then trains the discriminator on the same micro-batch.
+    ``cfg``: the train settings (``coda.train.TrainConfig``).
+    """
+
+    def __init__(self, tokenizer, cfg, discriminator=None, lpips=None, autocast=nullcontext(), variant=None):
+        self.tokenizer, self.cfg, self.disc, self.lpips, self.autocast = tokenizer, cfg, discriminator, lpips, autocast
+        self.d_params = [p for p in discriminator.parameters() if p.requires_grad] if discriminator else []
+        self.adaptive_target = adaptive_weight_target(tokenizer, variant) if discriminator else None
+        if cfg.data_mode == "latents":
+            self.names = ["latent_mse", "vq", "entropy"]
+        else:
+            self.names = ["l1", "mse", "lpips", "nll", "vq", "entropy"] + (
+                ["gan_g", "adaptive_weight", "d_loss", "logits_real", "logits_fake"] if discriminator else [])
+
+    def __call__(self, batch, noise_seed: int, ramp: float):
+        """(total generator loss, its parts, the code indices, the reconstruction or None)."""
+        if self.cfg.data_mode == "latents":
+            return *self._latent_loss(*batch, noise_seed), None
+        return self._image_loss(batch, noise_seed, ramp)
+
+    def _latent_loss(self, mean, logvar, noise_seed):
+        cfg = self.cfg
+        z = posterior_latent(self.tokenizer.vae, mean, logvar, self.tokenizer.posterior, noise_seed)
+        with self.autocast:
+            out = self.tokenizer.quantizer(z)
+        parts = {"latent_mse": mse(out.f_hat.float(), z), "vq": out.vq_loss, "entropy": out.entropy_loss}
+        total = parts["latent_mse"] + cfg.vq_weight * parts["vq"] + cfg.entropy_weight * parts["entropy"]
+        return total, parts, out.indices
+
+    def _image_loss(self, x, noise_seed, ramp):
+        cfg, vae, disc, autocast = self.cfg, self.tokenizer.vae, self.disc, self.autocast
+        for p in self.d_params:  # the generator loss sends no gradient to the discriminator
+            p.requires_grad_(False)
+        encoder_trains = any(p.requires_grad for p in vae.autoencoder.encoder.parameters())
+        with autocast:
+            with torch.set_grad_enabled(encoder_trains):  # a frozen encoder needs no graph
+                posterior = vae.encode(x)
+            z = posterior_latent(vae, posterior.mean.float(), posterior.logvar.float(), self.tokenizer.posterior,
+                                 noise_seed)
+            out = self.tokenizer.quantizer(z)
+            x_hat = vae.decode(out.f_hat).float()
+        parts = {"l1": l1(x_hat, x), "mse": mse(x_hat, x)}
+        parts["lpips"] = self.lpips(x_hat, x) if self.lpips is not None else x_hat.new_zeros(())
+        nll = cfg.l1_weight * parts["l1"] + cfg.mse_weight * parts["mse"] + cfg.lpips_weight * parts["lpips"]
+        total = nll + cfg.vq_weight * out.vq_loss + cfg.entropy_weight * out.entropy_loss
+        parts.update(nll=nll, vq=out.vq_loss, entropy=out.entropy_loss)
+        if disc is not None:
+            with autocast:
+                logits_fake = disc(x_hat).float()
+            parts["gan_g"] = hinge_g_loss(logits_fake)
+            last = (out.f_hat if self.adaptive_target == "decoder_input"
+                    else adaptive_weight_layer(vae, self.adaptive_target))
+            weight = adaptive_weight(nll, parts["gan_g"], last) * cfg.gan_weight
+            parts["adaptive_weight"] = weight
+            total = total + ramp * weight * parts["gan_g"]
+        return total, parts, out.indices, x_hat
+
+    def discriminator_loss(self, x, x_hat, parts: dict) -> torch.Tensor:
+        """Hinge loss on real x and the detached reconstruction; its terms are added to ``parts``."""
+        for p in self.d_params:
+            p.requires_grad_(True)
+        with self.autocast:
+            logits_real, logits_fake = self.disc(x).float(), self.disc(x_hat.detach()).float()
+        parts["d_loss"] = hinge_d_loss(logits_real, logits_fake)
+        parts.update(logits_real=logits_real.mean().detach(), logits_fake=logits_fake.mean().detach())
+        return parts["d_loss"]

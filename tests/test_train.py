@@ -1,8 +1,9 @@
 """The trainer end to end on tiny models (CPU, one thread each, a handful of steps).
 
 Covers: an images-mode run (LoRA + PatchGAN + LPIPS) lowering the reconstruction loss, a
-latents-mode run using the codebook, NaN handling, resume after SIGKILL being bit-exact, and two
-processes staying in sync and matching one process with the same global batch.
+latents-mode run using the codebook, NaN handling, resume after SIGKILL being bit-exact, two
+processes staying in sync and matching one process with the same global batch, the speed options,
+epoch-based run length, the quantizer warm-up, and the `coda train` command (released files too).
 """
 import json
 import os
@@ -17,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from coda.train import NonFiniteLossError, train
 from coda.train.checkpoint import load_checkpoint
-from coda.train.loop import trainable_state
+from coda.train.checkpoint import trainable_state
 
 LORA = {"rank": 4, "targets": ["conv1", "conv2", "upsample", "downsample"], "where": "both"}
 QUANTIZER = {"kind": "coda", "codebook_size": 32, "dim": 4, "attn_dim": 8, "scales": [1, 2, 4, 8]}
@@ -31,7 +32,7 @@ import torch
 torch.set_num_threads(1)
 from safetensors.torch import save_file
 from coda.train import train
-from coda.train.loop import trainable_state
+from coda.train.checkpoint import trainable_state
 
 experiment, vae, out, images, kill_at = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 
@@ -107,7 +108,7 @@ def _reconstruction_error(tokenizer, images):
 def test_images_mode_with_lora_and_patchgan_lowers_reconstruction_loss(tmp_path, tiny_vae, photo_crops):
     from coda.data.datasets import ArrayImages
     from coda.tokenizer import Tokenizer
-    from coda.train.loop import build_tokenizer
+    from coda.train.inputs import build_tokenizer
 
     experiment = _images_experiment(max_steps=16, lr=5e-3, lpips_weight=1.0, save_live=True, checkpoint_every=8)
     result = train(experiment, tiny_vae, tmp_path, images=photo_crops)
@@ -271,23 +272,104 @@ def test_two_processes_stay_in_sync_and_match_one_process(tmp_path, tiny_vae, ph
     _assert_equal(rank0, single, sorted(set(single) - running_stats))
 
 
-def test_command_line_entry_point(tmp_path, tiny_vae, capsys):
-    from coda.train.__main__ import main
+def _params(experiment: dict, **experiments) -> dict:
+    """A minimal params.yaml whose base experiment is ``experiment``."""
+    scale = {"prepare": {"source": "demo", "resolution": 32}, "vae": {"source": "train_small"},
+             "experiment": {}, "experiments": {}}
+    return {"scale": "test", "scales": {"test": scale}, "experiments": {"base": experiment, **experiments},
+            "pipeline": {"experiments": list(experiments)}}
 
+
+def _coda_train(tmp_path, params: dict, experiment: str, vae_dir, cache, out):
+    import yaml
+
+    from coda.cli import main
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return main(["train", "--params", str(tmp_path / "params.yaml"), "--experiment", experiment,
+                 "--prepared", str(tmp_path / "no-images"), "--vae", str(vae_dir), "--cache", str(cache),
+                 "--out", str(out)])
+
+
+def test_coda_train_command_trains_and_resumes(tmp_path, tiny_vae):
     g = torch.Generator().manual_seed(0)
     cache = _latent_cache(tmp_path / "cache", torch.randn(16, 4, 8, 8, generator=g), torch.full((16, 4, 8, 8), -6.0))
-    config = tmp_path / "experiment.json"
-    config.write_text(json.dumps(_latents_experiment(max_steps=2)))
-    args = ["--experiment-dir", str(tmp_path / "out"), "--config", str(config), "--vae", str(tiny_vae),
-            "--latents", str(cache)]
-    assert main(args) == 0
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae/vae").symlink_to(tiny_vae)                # the vae stage's layout: VAE_DIR/vae
+    experiment = _latents_experiment(max_steps=2)
+    experiment["quantizer"] = {k: v for k, v in experiment["quantizer"].items() if k != "dim"}  # from the VAE
+    params = _params(experiment, latent={})
+    assert _coda_train(tmp_path, params, "latent", tmp_path / "vae", cache, tmp_path / "out") == 0
     assert (tmp_path / "out/tokenizer/model.safetensors").exists()
-    assert main(args) == 0                                   # rerun: resumes at the end, nothing to do
+    assert _coda_train(tmp_path, params, "latent", tmp_path / "vae", cache, tmp_path / "out") == 0  # resumes at the end
     assert json.loads((tmp_path / "out/run.json").read_text())["resumed_from"] == [2]
 
-    config.write_text(json.dumps(_images_experiment(discriminator="dino")))
-    assert main(args[:-2] + ["--images", str(tmp_path / "none.npy")]) == 2
-    assert "dino" in capsys.readouterr().err
+
+def test_coda_train_converts_released_checkpoints(tmp_path, capsys):
+    """kind: released: the authors' .pth files become a tokenizer directory, nothing trains."""
+    from coda.compat import OFFICIAL_SETTINGS
+    from coda.compat.vae import build_vae, export_official_vae_state_dict
+    from coda.quantizers import build_quantizer
+    from coda.tokenizer import Tokenizer
+
+    settings = OFFICIAL_SETTINGS["f16"]
+    torch.manual_seed(0)
+    vae_state = export_official_vae_state_dict(build_vae(settings["vae"]), settings["vae"])
+    quantizer = build_quantizer("coda", codebook_size=16384, dim=16)
+    torch.save(vae_state, tmp_path / "vae_ema.pth")
+    torch.save(quantizer.state_dict(), tmp_path / "quantizer_ema.pth")
+    released = {"kind": "released", "variant": "f16", "posterior": "mean",
+                "vae_file": str(tmp_path / "vae_ema.pth"), "quantizer_file": str(tmp_path / "quantizer_ema.pth")}
+    params = _params({"quantizer": {"kind": "coda"}}, released=released)
+    assert _coda_train(tmp_path, params, "released", tmp_path / "no-vae", tmp_path / "no-cache", tmp_path / "out") == 0
+    tokenizer = Tokenizer.from_pretrained(tmp_path / "out/tokenizer")
+    assert tokenizer.posterior == "mean" and tokenizer.indices_per_image == 680
+    exported = export_official_vae_state_dict(tokenizer.vae, settings["vae"])
+    assert all(torch.equal(exported[k], v) for k, v in vae_state.items())
+    assert all(torch.equal(tokenizer.quantizer.state_dict()[k], v) for k, v in quantizer.state_dict().items())
+    assert (tmp_path / "out/train_log.tsv").read_text() == "step\n"
+
+    released["vae_file"] = str(tmp_path / "missing.pth")
+    assert _coda_train(tmp_path, params, "released", tmp_path / "no-vae", tmp_path / "no-cache", tmp_path / "new") == 2
+    assert "experiments.released.vae_file" in capsys.readouterr().err and not (tmp_path / "new").exists()
+
+
+def test_epochs_set_the_run_length_when_max_steps_is_unset(tmp_path, tiny_vae):
+    data = PoisonedLatents(n=32)                                 # 32 items / batch 8: 4 steps per epoch
+    result = train(_latents_experiment(max_steps=None, epochs=1.25), tiny_vae, tmp_path, latents=data)
+    assert result.step == 5                                      # ceil(1.25 x 4)
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert (run["steps_per_epoch"], run["total_steps"], run["steps"]) == (4, 5, 5)
+    epochs = [int(line.split("\t")[1]) for line in (tmp_path / "train_log.tsv").read_text().splitlines()[1:]]
+    assert epochs == [0, 0, 0, 0, 1]
+
+
+def _first_step_losses(out_dir) -> dict:
+    rows = [line.split("\t") for line in (out_dir / "train_log.tsv").read_text().splitlines()]
+    return {name: float(value) for name, value in zip(rows[0], rows[1])}
+
+
+@pytest.fixture(scope="module")
+def fp32_run(tmp_path_factory, tiny_vae, photo_crops):
+    out = tmp_path_factory.mktemp("fp32")
+    train(_images_experiment(max_steps=2), tiny_vae, out, images=photo_crops)
+    return out
+
+
+@pytest.mark.parametrize("option, rel", [("channels_last", 1e-4), ("bf16", 5e-2), ("compile", 1e-4)])
+def test_speed_options_train_on_cpu_and_compute_the_same_losses(tmp_path, tiny_vae, photo_crops, fp32_run,
+                                                                  option, rel):
+    """Each speed flag runs the images-mode step (LoRA + PatchGAN) on CPU, and its first step's losses
+    (the initial weights, before any update) match fp32: it changes speed, not the objective.
+    The logits are near 0, so the tolerance is absolute as well as relative."""
+    if option == "compile" and not hasattr(torch, "compile"):
+        pytest.skip("torch.compile is not available")
+    result = train(_images_experiment(max_steps=2, **{option: True}), tiny_vae, tmp_path, images=photo_crops)
+    assert result.step == 2 and (tmp_path / "tokenizer/model.safetensors").exists()
+    fast, slow = _first_step_losses(tmp_path), _first_step_losses(fp32_run)
+    for name in ("l1", "mse", "nll", "vq", "gan_g", "d_loss"):
+        assert fast[name] == pytest.approx(slow[name], rel=rel, abs=rel), name
+    assert json.loads((tmp_path / "run.json").read_text())["config"]["train"][option] is True
 
 
 def test_images_mode_frozen_vae_with_dino_discriminator(tmp_path, tiny_vae, photo_crops):
@@ -311,29 +393,33 @@ def test_images_mode_frozen_vae_with_dino_discriminator(tmp_path, tiny_vae, phot
 
 
 def test_quantizer_warmup_on_latents_then_images(tmp_path, tiny_vae, photo_crops):
-    """quantizer_warmup_steps: a latents-mode run first, whose EMA quantizer starts the images run."""
+    """quantizer_warmup_steps: a latents-mode run first, whose EMA quantizer starts the images run.
+
+    The stage must equal its two steps done by hand: a latents-mode run of 3 steps, then an
+    images-mode run initialised from that run's EMA quantizer.
+    """
     from coda.tokenizer import Tokenizer
-    from coda.train import loop
+    from coda.train import TrainConfig
+    from coda.train.inputs import open_dataset
+    from coda.train.loop import fit
+    from coda.train.distributed import setup
 
     g = torch.Generator().manual_seed(0)
     cache = _latent_cache(tmp_path / "cache", torch.randn(16, 4, 8, 8, generator=g), torch.full((16, 4, 8, 8), -6.0))
     experiment = _images_experiment(max_steps=2, quantizer_warmup_steps=3)
-    seen = {}
-    original = loop.warm_up_quantizer
-
-    def spy(*args, **kwargs):
-        seen["state"] = original(*args, **kwargs)
-        return seen["state"]
-
-    loop.warm_up_quantizer = spy
-    try:
-        train(experiment, tiny_vae, tmp_path / "out", images=photo_crops, latents=cache)
-    finally:
-        loop.warm_up_quantizer = original
+    train(experiment, tiny_vae, tmp_path / "out", images=photo_crops, latents=cache)
     warm = json.loads((tmp_path / "out/quantizer_warmup/run.json").read_text())
     assert warm["data_mode"] == "latents" and warm["total_steps"] == 3 and warm["config"]["lora"] is None
-    warm_quantizer = Tokenizer.from_pretrained(tmp_path / "out/quantizer_warmup/tokenizer").quantizer
-    assert all(torch.equal(seen["state"][k], v) for k, v in warm_quantizer.state_dict().items())
     assert json.loads((tmp_path / "out/run.json").read_text())["data_mode"] == "images"
+
+    warm_quantizer = Tokenizer.from_pretrained(tmp_path / "out/quantizer_warmup/tokenizer").quantizer.state_dict()
+    cfg = TrainConfig.from_dict({**experiment["train"], "quantizer_warmup_steps": 0})
+    by_hand = fit(cfg, {**experiment, "train": cfg.to_dict()}, tiny_vae, tmp_path / "by_hand",
+                  open_dataset("images", photo_crops, None, cfg.seed), setup("cpu"), data="by hand",
+                  init_quantizer=warm_quantizer)
+    _assert_equal(load_file(tmp_path / "out/tokenizer/model.safetensors"),
+                  load_file(tmp_path / "by_hand/tokenizer/model.safetensors"))
+    cold = train(_images_experiment(max_steps=2), tiny_vae, tmp_path / "cold", images=photo_crops)
+    assert not torch.equal(cold.ema_tokenizer.quantizer.codebooks.weight, by_hand.ema_tokenizer.quantizer.codebooks.weight)
     with pytest.raises(ValueError, match="latent cache"):
         train(experiment, tiny_vae, tmp_path / "other", images=photo_crops)

@@ -1,21 +1,34 @@
 """Trainer building blocks: config, learning-rate schedule, checkpoint files."""
+import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from coda.train import TrainConfig, learning_rate
 from coda.train import checkpoint as ckpt
+from coda.train import config
 
 
-def test_config_defaults_are_the_method_settings():
-    cfg = TrainConfig()
-    assert (cfg.lr, cfg.betas, cfg.weight_decay, cfg.disc_weight_decay) == (5e-4, (0.5, 0.9), 0.005, 0.0005)
-    assert (cfg.grad_clip, cfg.ema_max_decay, cfg.ema_start_epoch, cfg.seed) == (10.0, 0.9999, 4, 42)
-    assert (cfg.l1_weight, cfg.mse_weight, cfg.lpips_weight, cfg.gan_weight) == (0.2, 1.0, 1.0, 1.0)
-    assert (cfg.vq_weight, cfg.entropy_weight, cfg.lpips_net) == (1.0, 0.05, "vgg")
-    assert not (cfg.bf16 or cfg.channels_last or cfg.tf32 or cfg.compile)
+def test_schema_train_keys_are_the_config_fields():
+    """TrainConfig is the one list of train settings; params.yaml's schema must name the same keys
+    and the same choices, and the resumable ones are marked on the fields themselves."""
+    schema = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/params.schema.yaml").read_text())
+    properties = schema["$defs"]["train"]["properties"]
+    assert set(properties) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert tuple(properties["data_mode"]["enum"]) == config.DATA_MODES
+    assert tuple(properties["discriminator"]["enum"]) == config.DISCRIMINATORS
+    assert {"checkpoint_every", "device", "bf16", "compile"} <= config.RESUMABLE_CHANGES
+    assert not {"lr", "seed", "data_mode", "max_steps"} & config.RESUMABLE_CHANGES
+
+
+def test_config_round_trips_through_a_dict():
+    cfg = TrainConfig(betas=[0.6, 0.95], max_steps=3)
+    assert cfg.betas == (0.6, 0.95)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert TrainConfig.from_dict(None) == TrainConfig()
 
 
 def test_config_unknown_key_is_named():
@@ -25,6 +38,8 @@ def test_config_unknown_key_is_named():
         TrainConfig.from_dict({"zzz": 1})
     with pytest.raises(ValueError, match="data_mode"):
         TrainConfig.from_dict({"data_mode": "pixels"})
+    with pytest.raises(ValueError, match="grad_accum"):
+        TrainConfig.from_dict({"grad_accum": 0})
 
 
 def test_discriminator_auto_choice():

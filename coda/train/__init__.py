@@ -1,7 +1,8 @@
-"""Training: ``train(experiment, vae_dir, out_dir, images=... | latents=...)`` is the API;
-``python -m coda.train`` is a thin command-line wrapper (torchrun-compatible)."""
+"""Training: ``train(experiment, vae_dir, out_dir, images=... | latents=...)`` is the API; the
+command line is ``coda train`` (``torchrun --nproc_per_node N -m coda train ...`` for data parallel)."""
 from .config import TrainConfig
-from .loop import NonFiniteLossError, TrainResult, train
+from .loop import NonFiniteLossError, TrainResult
 from .schedule import learning_rate
+from .stage import save_released, train
 
-__all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "train", "learning_rate"]
+__all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "train", "save_released", "learning_rate"]

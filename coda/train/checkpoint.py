@@ -1,21 +1,29 @@
-"""Training checkpoints: one safetensors file, tensors plus a JSON skeleton, replaced atomically.
+"""Training checkpoints: the file format, and the policy (the one place that saves, the one that resumes).
 
-Any nest of dicts, lists, numbers, strings and tensors round-trips exactly (optimizer state
-dicts included, whose integer keys JSON alone would turn into strings). Reading never unpickles.
+The file is one safetensors file, tensors plus a JSON skeleton, replaced atomically. Any nest of
+dicts, lists, numbers, strings and tensors round-trips exactly (optimizer state dicts included,
+whose integer keys JSON alone would turn into strings). Reading never unpickles.
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch import nn
+
+from ..files import atomic_path
+from .config import RESUMABLE_CHANGES
 
 META_KEY = "coda_checkpoint"
 
 
+# ---------------------------------------------------------------------------- the file format
 def _pack(obj, path: str, tensors: dict):
     if isinstance(obj, torch.Tensor):
         tensors[path] = obj.detach().to("cpu", copy=True).contiguous()
@@ -40,23 +48,12 @@ def _unpack(obj, tensors: dict):
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:
-    """Write ``state`` to ``path`` through a temporary file and ``os.replace``: a crash at any
-    moment leaves either the previous checkpoint or the new one, never a torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``state`` durably: a crash at any moment leaves the previous checkpoint or the new one."""
     tensors: dict = {}
     skeleton = _pack(state, "", tensors)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, tmp, metadata={META_KEY: json.dumps(skeleton)})
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
+    with atomic_path(path, durable=True) as temporary:
+        save_file(tensors, temporary, metadata={META_KEY: json.dumps(skeleton)})
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -66,3 +63,88 @@ def load_checkpoint(path: str | Path) -> dict:
             raise ValueError(f"{path} is not a coda training checkpoint (no '{META_KEY}' metadata)")
         tensors = {name: f.get_tensor(name) for name in f.keys()}
     return _unpack(json.loads(metadata[META_KEY]), tensors)
+
+
+# ---------------------------------------------------------------------------- what a checkpoint holds
+def trainable_state(module: nn.Module, like: nn.Module | None = None) -> dict:
+    """Trained parameters and all buffers: what a checkpoint must hold (frozen weights reload from
+    disk). ``like``: the live model whose trained names apply (the EMA copy trains nothing itself)."""
+    like = like or module
+    keep = {n for n, p in like.named_parameters() if p.requires_grad} | {n for n, _ in like.named_buffers()}
+    return {k: v for k, v in module.state_dict().items() if k in keep}
+
+
+def load_trainable_state(module: nn.Module, state: dict, what: str, like: nn.Module | None = None) -> None:
+    expected = set(trainable_state(module, like))
+    if set(state) != expected:
+        raise ValueError(f"checkpoint {what} does not match the model: missing "
+                         f"{sorted(expected - set(state))[:5]}, unexpected {sorted(set(state) - expected)[:5]}")
+    module.load_state_dict(state, strict=False)
+
+
+# ---------------------------------------------------------------------------- the policy
+def save_training_state(path: Path, *, step, experiment, global_batch, tokenizer, ema, disc, opt_g, opt_d):
+    """The one place that writes a checkpoint."""
+    state = {
+        "format": 1, "step": step, "experiment": experiment, "global_batch": global_batch,
+        "model": trainable_state(tokenizer), "ema": trainable_state(ema.model, like=tokenizer),
+        "opt_g": opt_g.state_dict(),
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else []},
+    }
+    if disc is not None:
+        state.update(disc=trainable_state(disc), opt_d=opt_d.state_dict())
+    save_checkpoint(path, state)
+
+
+def resume_training_state(path: Path, info, *, experiment, global_batch, tokenizer, ema, disc, opt_g, opt_d) -> int:
+    """The one place that reads a checkpoint back; returns the step to continue from (0: a fresh run).
+
+    A checkpoint of other settings (a parameter changed since) is set aside, not resumed.
+    """
+    if not path.exists() or _set_aside_other_run(path, experiment, info):
+        return 0
+    state = load_checkpoint(path)
+    if state["global_batch"] != global_batch:
+        raise ValueError(f"{path} was written with global batch {state['global_batch']}, this run has "
+                         f"{global_batch} (batch_size x grad_accum x processes); keep it equal to resume")
+    load_trainable_state(tokenizer, state["model"], "model")
+    load_trainable_state(ema.model, state["ema"], "ema", like=tokenizer)
+    opt_g.load_state_dict(state["opt_g"])
+    if disc is not None:
+        load_trainable_state(disc, state["disc"], "discriminator")
+        opt_d.load_state_dict(state["opt_d"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return int(state["step"])
+
+
+def changed_settings(saved: dict, current: dict) -> list[str]:
+    """Settings that differ between a checkpoint's run and this one (bookkeeping and speed flags aside)."""
+    def flat(experiment):
+        values = {k: v for k, v in experiment.items() if k != "train"}
+        values.update({f"train.{k}": v for k, v in experiment.get("train", {}).items() if k not in RESUMABLE_CHANGES})
+        return values
+
+    old, new = flat(saved), flat(current)
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
+def _set_aside_other_run(checkpoint: Path, experiment: dict, info) -> bool:
+    """Rank 0 moves a checkpoint of other settings to checkpoints/superseded/, so the run starts
+    over and nothing is lost. Returns True if it was moved."""
+    changed = changed_settings(load_checkpoint(checkpoint)["experiment"], experiment)
+    if info.world_size > 1:
+        torch.distributed.barrier()  # every rank has read it before rank 0 moves it
+    if not changed:
+        return False
+    if info.is_main:
+        target = checkpoint.parent / "superseded" / time.strftime("%Y%m%d-%H%M%S")
+        target.mkdir(parents=True, exist_ok=True)
+        os.replace(checkpoint, target / checkpoint.name)
+        print(f"train: settings changed since {checkpoint} ({', '.join(changed)}); starting over, "
+              f"the old checkpoint is kept in {target}", file=sys.stderr)
+    if info.world_size > 1:
+        torch.distributed.barrier()
+    return True

@@ -1,13 +1,21 @@
-"""``TrainConfig``: the ``train:`` block of an experiment in params.yaml, with the method's defaults."""
+"""``TrainConfig``: the ``train:`` block of an experiment, with the method's defaults.
+
+This dataclass is the one list of train settings: the schema's ``$defs/train`` properties name the
+same keys (tests/test_train_units.py checks it), and a setting marked ``resumable`` may change
+between a run and its resumption (bookkeeping and speed, never what is computed).
+"""
 from __future__ import annotations
 
 import dataclasses
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DATA_MODES = ("images", "latents")
 DISCRIMINATORS = ("auto", "patchgan", "dino")
-ADAPTIVE_LAYERS = ("auto", "f16", "f8", "decoder_input")
+
+
+def resumable(default):
+    return field(default=default, metadata={"resumable": True})
 
 
 @dataclass
@@ -21,12 +29,10 @@ class TrainConfig:
     seed: int = 42
     # optimisation (method.md section 5)
     lr: float = 5e-4
-    warmup_steps: int = 0
     betas: tuple[float, float] = (0.5, 0.9)
     weight_decay: float = 0.005         # generator: LoRA + quantizer
     disc_weight_decay: float = 0.0005
     grad_clip: float = 10.0
-    ema_max_decay: float = 0.9999
     ema_start_epoch: int = 4            # before it the EMA copies the live weights
     # loss weights (method.md section 4)
     l1_weight: float = 0.2
@@ -34,11 +40,8 @@ class TrainConfig:
     lpips_weight: float = 1.0
     lpips_net: str = "vgg"
     gan_weight: float = 1.0
-    adaptive_weight_max: float = 1e4
-    adaptive_layer: str = "auto"        # auto | f16 | f8 | decoder_input (see loop.adaptive_weight_target)
     vq_weight: float = 1.0
     entropy_weight: float = 0.05
-    latent_mse_weight: float = 1.0      # latents mode: mse(f_hat, z)
     quantizer_warmup_steps: int = 0     # images mode: first train the quantizer alone on cached latents
                                         # for this many steps (0 = the paper: joint from scratch)
     # discriminator (images mode); auto = dino when dino_weights is set, else patchgan
@@ -47,23 +50,23 @@ class TrainConfig:
     patchgan_channels: int = 64
     patchgan_layers: int = 3
     # bookkeeping
-    checkpoint_every: int = 1000
-    progress_interval: float = 30.0     # seconds between progress-bar refreshes
-    num_workers: int = 0
-    save_live: bool = False             # also write the live (non-EMA) tokenizer to tokenizer_live/
-    device: str = "auto"                # auto | cpu | cuda
+    checkpoint_every: int = resumable(1000)
+    progress_interval: float = resumable(30.0)  # seconds between progress-bar refreshes
+    num_workers: int = resumable(0)
+    save_live: bool = resumable(False)  # also write the live (non-EMA) tokenizer to tokenizer_live/
+    device: str = resumable("auto")     # auto | cpu | cuda
     # speed options, off by default for fidelity
-    bf16: bool = False
-    channels_last: bool = False
-    tf32: bool = False
-    compile: bool = False
+    bf16: bool = resumable(False)
+    channels_last: bool = resumable(False)
+    tf32: bool = resumable(False)
+    compile: bool = resumable(False)
 
     def __post_init__(self):
+        # params.yaml is checked by the schema; these guard direct callers of train() too.
         self.betas = tuple(self.betas)
+        choices = {"data_mode": DATA_MODES, "discriminator": DISCRIMINATORS}
         checks = {
-            "data_mode": self.data_mode in DATA_MODES,
-            "discriminator": self.discriminator in DISCRIMINATORS,
-            "adaptive_layer": self.adaptive_layer in ADAPTIVE_LAYERS,
+            "data_mode": self.data_mode in DATA_MODES, "discriminator": self.discriminator in DISCRIMINATORS,
             "batch_size": self.batch_size >= 1, "grad_accum": self.grad_accum >= 1,
             "checkpoint_every": self.checkpoint_every >= 1,
             "max_steps": self.max_steps is None or self.max_steps >= 1,
@@ -72,10 +75,8 @@ class TrainConfig:
         }
         for key, ok in checks.items():
             if not ok:
-                choices = {"data_mode": DATA_MODES, "discriminator": DISCRIMINATORS,
-                           "adaptive_layer": ADAPTIVE_LAYERS}.get(key)
                 raise ValueError(f"invalid train.{key}: {getattr(self, key)!r}"
-                                 + (f" (choose from {choices})" if choices else ""))
+                                 + (f" (choose from {choices[key]})" if key in choices else ""))
 
     @property
     def discriminator_kind(self) -> str:
@@ -97,3 +98,7 @@ class TrainConfig:
         values = dataclasses.asdict(self)
         values["betas"] = list(self.betas)
         return values
+
+
+# train: keys that may change between a run and its resumption
+RESUMABLE_CHANGES = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("resumable"))
