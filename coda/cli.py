@@ -109,26 +109,13 @@ def cmd_cache(args, params) -> None:
 
 
 def cmd_train(args, params) -> None:
+    from .train import save_released, train
+
     experiment = experiment_config(params, args.experiment)
-    out = Path(args.out)
-    if experiment["kind"] == "released":
-        # No training: the authors' checkpoints become a tokenizer directory like any other.
-        from .tokenizer import Tokenizer
-
-        for key in ("vae_file", "quantizer_file"):
-            if not Path(experiment[key]).is_file():
-                raise FileNotFoundError(
-                    f"experiments.{args.experiment}.{key}: {experiment[key]} not found. Download the "
-                    "authors' released CODA checkpoints and point this key at the file.")
-        tokenizer = Tokenizer.from_official(experiment["vae_file"], experiment["quantizer_file"],
-                                            variant=experiment.get("variant", "f16"),
-                                            posterior=experiment.get("posterior", "sample"))
-        tokenizer.save_pretrained(out / "tokenizer")
-        (out / "train_log.tsv").write_text("step\n")
-        return
-    from .train import train
-
-    train(experiment, Path(args.vae) / "vae", out, images=args.prepared, latents=args.cache)
+    if experiment.get("kind", "train") == "released":
+        save_released(experiment, args.out)
+    else:
+        train(experiment, Path(args.vae) / "vae", args.out, images=args.prepared, latents=args.cache)
 
 
 def cmd_evaluate(args, params) -> None:
