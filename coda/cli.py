@@ -11,6 +11,10 @@ import sys
 from pathlib import Path
 
 from .config import ParamsError, experiment_config, load_params, scale_block
+from .devices import claim_gpu
+from .inputs import check_external_inputs
+
+GPU_COMMANDS = ("vae", "cache", "train", "evaluate")
 
 
 class _Tee:
@@ -120,14 +124,14 @@ def cmd_train(args, params) -> None:
 
 def cmd_evaluate(args, params) -> None:
     from .data.datasets import read_meta
-    from .evaluation.evaluate import evaluate_tokenizer
+    from .evaluation.evaluate import COUNTS_FILE, METRICS_FILE, SAMPLES_FILE, evaluate_tokenizer
     from .tokenizer import Tokenizer
     from .vae import ContinuousVAE
 
     cfg = scale_block(params).get("evaluate", {})
     settings = params.get("evaluate", {})
     meta = read_meta(args.prepared)
-    samples = Path(args.samples)
+    out = Path(args.out)
     if args.experiment == "vae":
         tokenizer, posterior, checkpoint = None, params["experiments"]["base"].get("posterior", "sample"), args.vae
         ema, method = None, "continuous VAE"
@@ -143,27 +147,28 @@ def cmd_evaluate(args, params) -> None:
     vae_label = {"train_small": "small KL-VAE (trained on the demo photos)", "mar": "MAR KL-16 VAE"}.get(
         info["source"], info.get("path"))
     evaluate_tokenizer(
-        tokenizer, vae, Path(args.prepared) / "val.npy", args.out, batch_size=cfg.get("batch_size", 16),
+        tokenizer, vae, Path(args.prepared) / "val.npy", out / METRICS_FILE, batch_size=cfg.get("batch_size", 16),
         inception_weights=settings.get("inception_weights"), posterior=posterior, seed=settings.get("seed", 0),
-        recon_samples_out=samples / "recon_samples.npy", num_recon_samples=cfg.get("reconstructions", 8),
-        code_counts_out=samples / "code_counts.npy" if tokenizer is not None else None,
+        recon_samples_out=out / SAMPLES_FILE, num_recon_samples=cfg.get("reconstructions", 8),
+        code_counts_out=out / COUNTS_FILE if tokenizer is not None else None,
         max_images=cfg.get("max_images"),
         meta={"experiment": args.experiment, "dataset": meta.get("dataset"), "crop": meta.get("crop"),
               "ema": ema, "method": method, "checkpoint": checkpoint, "vae": vae_label})
 
 
 def cmd_report(args, params) -> None:
+    from .evaluation.evaluate import COUNTS_FILE, METRICS_FILE, SAMPLES_FILE
     from .report.build import build_report
 
     names = params["pipeline"]["experiments"]
     train, evaluated = Path(args.train), Path(args.eval)
     build_report(
-        args.metrics, args.reported, args.out,
+        {n: evaluated / n / METRICS_FILE for n in ["vae", *names]}, args.reported, args.out,
         experiments_meta={name: experiment_config(params, name) for name in names},
         train_logs={n: train / n / "train_log.tsv" for n in names},
-        recon_samples={"original": Path(args.prepared) / "val.npy", "vae": evaluated / "vae" / "recon_samples.npy",
-                       **{n: evaluated / n / "recon_samples.npy" for n in names}},
-        code_counts={n: evaluated / n / "code_counts.npy" for n in names})
+        recon_samples={"original": Path(args.prepared) / "val.npy",
+                       **{n: evaluated / n / SAMPLES_FILE for n in ["vae", *names]}},
+        code_counts={n: evaluated / n / COUNTS_FILE for n in names})
 
 
 def _device() -> str:
@@ -184,10 +189,9 @@ COMMANDS = {
                ("--vae", {"required": True}), ("--cache", {"required": True}), ("--out", {"required": True})]),
     "evaluate": (cmd_evaluate, "metrics of one experiment's tokenizer, or of the continuous VAE (--experiment vae)",
                  [("--experiment", {"required": True}), ("--prepared", {"required": True}),
-                  ("--vae", {"required": True}), ("--tokenizer", {}), ("--out", {"required": True}),
-                  ("--samples", {"required": True})]),
+                  ("--vae", {"required": True}), ("--tokenizer", {}), ("--out", {"required": True})]),
     "report": (cmd_report, "table1.csv, ablation.csv, figures and README from all metrics files",
-               [("--metrics", {"required": True}), ("--reported", {"required": True}),
+               [("--reported", {"required": True}),
                 ("--prepared", {"required": True}), ("--train", {"required": True}),
                 ("--eval", {"required": True}), ("--out", {"required": True})]),
 }
@@ -211,8 +215,11 @@ def main(argv=None) -> int:
     _log_to(args.log)
     try:
         params = load_params(args.params, scale=args.scale)
+        check_external_inputs(params)  # DVC's up-front refusal; Snakemake runs it in onstart too
     except (ParamsError, FileNotFoundError) as err:
         print(f"coda {args.command}: {err}", file=sys.stderr)
         return 2
+    if args.command in GPU_COMMANDS:
+        claim_gpu()  # before anything touches CUDA: this job's own card, never one another job holds
     COMMANDS[args.command][0](args, params)
     return 0

@@ -14,7 +14,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-PIPELINE_FILES = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "references", "pyproject.toml"]
+PIPELINE_FILES = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "profiles", "references", "coda", "pyproject.toml"]
 
 
 def pipeline_copy(tmp_path: Path, scale: str | None = None) -> Path:
@@ -23,7 +23,10 @@ def pipeline_copy(tmp_path: Path, scale: str | None = None) -> Path:
     work.mkdir()
     for name in PIPELINE_FILES:
         src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+        if src.is_dir():
+            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, work / name)
     if scale:
         params = (work / "params.yaml").read_text()
         (work / "params.yaml").write_text(re.sub(r"^scale: \w+", f"scale: {scale}", params, flags=re.M))
@@ -59,8 +62,10 @@ def snakemake_jobs(work: Path, scale: str) -> dict:
         wildcard = re.search(r"wildcards: experiment=(\w+)", block)
         name = rule.group(1) + (f"@{wildcard.group(1)}" if wildcard else "")
         outputs = re.search(r"\n\s+output: (.*)", block).group(1).split(", ")
+        inputs = re.search(r"\n\s+input: (.*)", block)
         cmd = re.search(r"Shell command: (.*)", block)
-        jobs[name] = {"cmd": cmd.group(1).strip() if cmd else None, "outputs": set(outputs)}
+        jobs[name] = {"cmd": cmd.group(1).strip() if cmd else None, "outputs": set(outputs),
+                      "inputs": set(inputs.group(1).split(", ")) if inputs else set()}
     return jobs
 
 
@@ -72,7 +77,8 @@ def dvc_stages(work: Path) -> dict:
         for stage in repo.index.stages:
             params = [key for dep in stage.deps if getattr(dep, "params", None) is not None for key in dep.params]
             stages[stage.name] = {"cmd": stage.cmd, "params": params,
-                                        "outs": {str(o.def_path): o for o in stage.outs}}
+                                  "deps": [str(d.def_path) for d in stage.deps if getattr(d, "params", None) is None],
+                                  "outs": {str(o.def_path): o for o in stage.outs}}
     return stages
 
 
@@ -90,6 +96,75 @@ def test_engines_agree_on_stages_commands_outputs(tmp_path, scale):
             assert output in dvc[name]["outs"] or inside_persist, f"{name}: {output} is not a DVC output"
         for path, out in dvc[name]["outs"].items():
             assert path in job["outputs"] or out.persist, f"{name}: DVC output {path} not declared in Snakemake"
+        # Inputs: DVC's deps with a code directory as its .py files (Snakemake sees files' times), and
+        # a DVC directory dep as the rule outputs inside it.
+        deps = set()
+        for dep in dvc[name]["deps"]:
+            is_code_dir = dep.startswith("coda/") and (work / dep).is_dir()
+            deps |= {str(p.relative_to(work)) for p in (work / dep).rglob("*.py")} if is_code_dir else {dep}
+        for path in job["inputs"]:
+            assert path in deps or any(Path(path).is_relative_to(d) for d in deps), f"{name}: {path} not a DVC dep"
+        for dep in deps:
+            assert dep in job["inputs"] or any(Path(i).is_relative_to(dep) for i in job["inputs"]), \
+                f"{name}: DVC dep {dep} is not a Snakemake input"
+
+
+def stage_imports() -> dict[str, set[str]]:
+    """Every coda module a stage's command can import, following imports inside functions too."""
+    import ast
+
+    def module_file(name):
+        path = ROOT.joinpath(*name.split("."))
+        return next((p for p in (path / "__init__.py", path.with_suffix(".py")) if p.is_file()), None)
+
+    def imports(node, module, is_package):
+        package = module if is_package else module.rsplit(".", 1)[0]
+        found = set()
+        for n in ast.walk(node):
+            if isinstance(n, ast.Import):
+                found |= {a.name for a in n.names if a.name.startswith("coda")}
+            elif isinstance(n, ast.ImportFrom):
+                base = package.split(".")[:len(package.split(".")) - n.level + 1] if n.level else []
+                name = ".".join(base + ([n.module] if n.module else []))
+                if name.startswith("coda"):
+                    found |= {name} | {f"{name}.{a.name}" for a in n.names if module_file(f"{name}.{a.name}")}
+        return found
+
+    def closure(start):
+        seen, todo = set(), list(start)
+        while todo:
+            name = todo.pop()
+            path = module_file(name)
+            if name in seen or path is None:
+                continue
+            seen.add(name)
+            parts = name.split(".")
+            todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages run first
+            todo += imports(ast.parse(path.read_text()), name, path.name == "__init__.py")
+        return seen
+
+    cli = ast.parse((ROOT / "coda/cli.py").read_text())
+    top = imports(ast.Module([n for n in cli.body if isinstance(n, (ast.Import, ast.ImportFrom))], []),
+                  "coda.cli", False)
+    commands = {n.name[4:]: n for n in cli.body if isinstance(n, ast.FunctionDef) and n.name.startswith("cmd_")}
+    return {stage: {str(module_file(m).relative_to(ROOT)) for m in closure(top | imports(fn, "coda.cli", False))}
+                   | {"coda/cli.py"}
+            for stage, fn in commands.items()}
+
+
+# They decide where and whether a stage runs, not what it computes: a change reruns nothing.
+NOT_RESULT_CODE = {"coda/devices.py", "coda/inputs.py"}
+
+
+def test_every_stage_depends_on_the_code_it_runs():
+    """A change in any module a stage imports reruns it: dvc.yaml lists it (Snakemake derives its inputs)."""
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for stage, modules in stage_imports().items():
+        modules -= NOT_RESULT_CODE
+        for name in [stage] + (["evaluate_vae"] if stage == "evaluate" else []):
+            deps = [Path(d) for d in dvc[name].get("do", dvc[name])["deps"]]
+            missing = sorted(m for m in modules if not any(Path(m).is_relative_to(d) for d in deps))
+            assert not missing, f"dvc.yaml stage {name} runs {missing} but does not depend on them"
 
 
 def test_every_rule_tracks_the_params_dvc_declares():
@@ -106,11 +181,14 @@ def test_every_rule_tracks_the_params_dvc_declares():
 
 
 def test_dvc_metrics_plots_and_persistence():
-    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert any("results/metrics/${item}.json" in m for m in dvc["evaluate"]["do"]["metrics"])
-    assert any("train_log.tsv" in str(p) for p in dvc["train"]["do"]["plots"])
-    persistent = [o for o in dvc["train"]["do"]["outs"] if isinstance(o, dict)]
-    assert persistent and all(v.get("persist") for o in persistent for v in o.values())
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    assert spec["metrics"] == ["results/metrics"]  # numbers only; provenance is not a metric
+    curves = next(p["results/curves"] for p in spec["plots"] if isinstance(p, dict) and "results/curves" in p)
+    assert curves["x"] == "step" and "loss" in curves["y"]
+    assert "results/figures/reconstructions.png" in spec["plots"]
+    persistent = {path for stage in ("cache", "train") for o in spec["stages"][stage].get("do", spec["stages"][stage])["outs"]
+                  if isinstance(o, dict) for path, v in o.items() if v.get("persist")}
+    assert persistent == {"work/${scale}/cache", "work/${scale}/train/${item}/checkpoints"}
     config = (ROOT / ".dvc/config").read_text()
     assert "analytics = false" in config and "check_update = false" in config
 
@@ -120,7 +198,7 @@ def test_dry_runs_work_without_gpu_or_imagenet(tmp_path):
     out = run([str(BIN / "snakemake"), "results/table1.csv", "-n", "--cores", "2", "--config", "scale=imagenet"], work)
     assert "train" in out.stdout
     assert "imagenet" in run([str(BIN / "snakemake"), "results/table1.csv", "-n", "-p", "--config", "scale=imagenet",
-                              "--cores", "1", "--profile", "workflow/profiles/slurm"], work).stdout
+                              "--cores", "1", "--profile", "profiles/slurm"], work).stdout
 
 
 def set_param(work: Path, path: str, value) -> None:
@@ -149,27 +227,78 @@ def check_outputs(work: Path) -> None:
         Image.open(png).verify()
 
 
+def expensive_files(work: Path, scale: str) -> dict[str, int]:
+    """Modification times of what took compute: rewritten only when something was recomputed."""
+    root = work / "work" / scale
+    patterns = ["vae/vae/*.safetensors", "cache/*.safetensors", "train/*/checkpoints/*.safetensors",
+                "eval/*/metrics.json", "prepared/val.npy"]
+    return {str(p.relative_to(work)): p.stat().st_mtime_ns for pattern in patterns for p in root.glob(pattern)}
+
+
+def add_second_tiny_scale(work: Path) -> None:
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["scales"]["tiny2"] = {**params["scales"]["tiny"], "prepare": {**params["scales"]["tiny"]["prepare"], "seed": 1}}
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def planned_jobs(output: str) -> dict[str, str]:
+    return dict(re.findall(r"^(\w+)\s+(\d+)$", output, flags=re.M))
+
+
 def test_tiny_dag_through_snakemake(tmp_path):
     work = pipeline_copy(tmp_path, "tiny")
+    add_second_tiny_scale(work)
     snakemake = [str(BIN / "snakemake"), "results/table1.csv", "--cores", "2"]
     run(snakemake, work)
     check_outputs(work)
     assert "Nothing to be done" in run(snakemake, work).stdout + run(snakemake, work).stderr
+    report = run([str(BIN / "snakemake"), "--report", "results/report.html", "results/table1.csv"], work)
+    html = (work / "results/report.html").read_text()
+    assert "table1.csv" in html and "reconstructions.png" in html, report.stderr[-2000:]
+
+    # DVC takes over Snakemake's work with one fast command: `dvc commit` records it in dvc.lock.
+    run([str(BIN / "dvc"), "commit", "--force", "--quiet"], work)
+    status = run([str(BIN / "dvc"), "repro", "--dry"], work).stdout
+    assert "Running stage" not in status, status
+
+    # Another scale works in its own tree; switching back plans only the (cheap) report.
+    before = expensive_files(work, "tiny")
+    run(snakemake + ["--config", "scale=tiny2"], work)
+    assert planned_jobs(run(snakemake + ["-n"], work).stdout) == {"report": "1", "total": "1"}
+    run(snakemake, work)
+    assert expensive_files(work, "tiny") == before
+
     # One experiment's parameter: only its train, evaluate and the report rerun.
     set_param(work, "experiments.ablate_vq.train.lr", 1e-3)
     dry = run(snakemake + ["-n"], work)
-    planned = re.findall(r"^(\w+)\s+(\d+)$", dry.stdout, flags=re.M)
-    assert dict(planned) == {"train": "1", "evaluate": "1", "report": "1", "total": "3"}, dry.stdout
+    assert planned_jobs(dry.stdout) == {"train": "1", "evaluate": "1", "report": "1", "total": "3"}, dry.stdout
     assert "experiment=ablate_vq" in dry.stdout and "experiment=coda" not in dry.stdout
 
 
 def test_tiny_dag_through_dvc(tmp_path):
     work = pipeline_copy(tmp_path, "tiny")
+    add_second_tiny_scale(work)
     dvc = str(BIN / "dvc")
     run([dvc, "repro"], work)
     check_outputs(work)
     again = run([dvc, "repro"], work).stdout
     assert "Running stage" not in again, again
+
+    # Snakemake takes over DVC's work with one fast command: `snakemake --touch`.
+    snakemake = [str(BIN / "snakemake"), "results/table1.csv", "--cores", "2"]
+    run(snakemake + ["--touch"], work)
+    assert "Nothing to be done" in run(snakemake + ["-n"], work).stdout
+
+    # Another scale, and back: the expensive stages come from DVC's run cache or resume finished
+    # work (cache shards, checkpoints at their last step), so nothing is recomputed.
+    before = expensive_files(work, "tiny")
+    set_param(work, "scale", "tiny2")
+    run([dvc, "repro"], work)
+    set_param(work, "scale", "tiny")
+    back = run([dvc, "repro"], work).stdout
+    assert expensive_files(work, "tiny") == before, back
+    assert "train: step" not in back
+
     (work / ".gitignore").write_text("/work/\n/logs/\n.snakemake/\n")
     run(["git", "add", "-A"], work)
     run(["git", "commit", "-qm", "tiny run"], work)
@@ -183,5 +312,7 @@ def test_tiny_dag_through_dvc(tmp_path):
     data = [r["data"] for e in exps for r in e["revs"]]
     params = [d["params"]["params.yaml"]["data"]["experiments"]["ablate_vq"] for d in data]
     assert params[0]["train"]["lr"] == 0.001
-    metrics = data[0]["metrics"]["results/metrics/ablate_vq.json"]["data"]
-    assert 0 <= metrics["codebook_utilization"] <= 1 and metrics["psnr"] > 0
+    metrics = data[0]["metrics"]
+    assert 0 <= metrics["results/metrics/ablate_vq.json"]["data"]["codebook_utilization"] <= 1
+    columns = [(path, key) for path, m in metrics.items() for key in m["data"]]
+    assert len(columns) <= 50 and all(isinstance(metrics[p]["data"][k], (int, float)) for p, k in columns)

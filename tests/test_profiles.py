@@ -23,7 +23,7 @@ GPU_RULES = {"vae", "cache", "train", "evaluate", "evaluate_vae"}
 @pytest.fixture
 def work(tmp_path, monkeypatch):
     """The pipeline files in a scratch directory, made the working directory (no GPU visible)."""
-    for name in ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "references"]:
+    for name in ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "profiles", "references", "coda"]:
         if (ROOT / name).exists():
             (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, tmp_path / name)
     monkeypatch.chdir(tmp_path)
@@ -65,7 +65,7 @@ def test_slurm_profile_passes_the_plugin_validation_for_every_job(work):
     from snakemake_executor_plugin_slurm.utils import set_gres_string
     from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
 
-    _, jobs = planned_workflow(["results/table1.csv", "--profile", "workflow/profiles/slurm",
+    _, jobs = planned_workflow(["results/table1.csv", "--profile", "profiles/slurm",
                                 "--config", "scale=imagenet"])
     assert {job.rule.name for job in jobs} >= GPU_RULES | {"prepare", "report"}
     for job in jobs:
@@ -81,7 +81,7 @@ def test_slurm_profile_passes_the_plugin_validation_for_every_job(work):
 
 def test_default_profile_is_loaded_by_the_plain_command(work):
     args = parse(["results/table1.csv", "--cores", "all"])
-    assert args.printshellcmds and args.rerun_incomplete, "workflow/profiles/default was not auto-loaded"
+    assert args.printshellcmds and args.rerun_incomplete, "profiles/default was not auto-loaded"
 
 
 @pytest.mark.parametrize("visible, resources, limit", [("0,1,2", [], 3), ("", [], None), ("0,1,2", ["gpu=1"], 1)])

@@ -42,8 +42,10 @@ def inputs(tmp_path):
              "ablate_vq": metrics_file(rfid=9.0, official=False,  # test-only weights: kept out of the tables
                                        rfid_weights={"warning": "NOT the official weights"}),
              "ablate_rvq": metrics_file()}
+    metrics = {}
     for name, data in files.items():
-        (metrics_dir / f"{name}.json").write_text(json.dumps(data))
+        metrics[name] = metrics_dir / f"{name}.json"
+        metrics[name].write_text(json.dumps(data))
     rng = np.random.default_rng(0)
     samples, logs, counts = {}, {}, {}
     for name in ("original", "vae", "coda", "ablate_vq"):
@@ -57,12 +59,12 @@ def inputs(tmp_path):
         np.save(counts[name], rng.integers(0, 5, (4, 64)))
     meta = {"ablate_vq": {"quantizer": {"kind": "vq"}, "lora": None}, "ablate_rvq": {"quantizer": {"kind": "rvq"}},
             "coda": {"quantizer": {"kind": "coda"}, "lora": {"rank": 32}, "vae": "small KL-VAE f8"}}
-    return {"metrics_dir": metrics_dir, "meta": meta, "logs": logs, "samples": samples, "counts": counts}
+    return {"metrics": metrics, "meta": meta, "logs": logs, "samples": samples, "counts": counts}
 
 
 def test_report_tables_figures_and_readme(inputs, tmp_path):
     out = tmp_path / "results"
-    written = build_report(inputs["metrics_dir"], REPORTED, out, inputs["meta"], inputs["logs"],
+    written = build_report(inputs["metrics"], REPORTED, out, inputs["meta"], inputs["logs"],
                            inputs["samples"], inputs["counts"])
 
     table = pd.read_csv(out / "table1.csv", dtype={"downsample": str})
@@ -97,11 +99,18 @@ def test_report_tables_figures_and_readme(inputs, tmp_path):
     assert "Inception-v3 weights not available offline" in text and "NOT the official weights" in text
     assert "`ablate_attn`" in text and "demo-photos" in text and "`abababababab`" in text
 
+    # DVC's view: numbers only, one file per experiment; the whole record is provenance, not a metric
+    numbers = {path.stem: json.loads(path.read_text()) for path in (out / "metrics").glob("*.json")}
+    assert set(numbers) == {"vae", "coda", "ablate_vq", "ablate_rvq"}
+    assert all(isinstance(v, (int, float)) for m in numbers.values() for v in m.values())
+    assert numbers["coda"]["rfid"] == 3.0 and "rfid" not in numbers["ablate_vq"]  # test-only weights
+    assert "codebook_utilization" not in numbers["vae"] and numbers["coda"]["psnr"] == 24.0
+    assert json.loads((out / "provenance" / "coda.json").read_text())["checkpoint_sha256"] == "ab" * 32
+    assert (out / "curves" / "coda.tsv").read_text() == inputs["logs"]["coda"].read_text()
+
 
 def test_report_without_optional_inputs_still_writes_every_file(tmp_path):
-    metrics_dir = tmp_path / "metrics"
-    metrics_dir.mkdir()
-    written = build_report(metrics_dir, REPORTED, tmp_path / "out")
+    written = build_report({"coda": tmp_path / "absent.json"}, REPORTED, tmp_path / "out")
     for path in written.values():
         assert path.is_file()
     assert len(pd.read_csv(written["ablation"])) == 4
@@ -110,19 +119,21 @@ def test_report_without_optional_inputs_still_writes_every_file(tmp_path):
 
 
 def test_report_command_reads_the_stage_layout_it_is_given(inputs, tmp_path):
-    """`coda report` finds <train>/<experiment>/train_log.tsv, <eval>/<experiment>/*.npy and
-    <prepared>/val.npy under the folders it is given, and the experiments in params.yaml."""
+    """`coda report` finds <train>/<experiment>/train_log.tsv, <eval>/<experiment>/{metrics.json,*.npy}
+    and <prepared>/val.npy under the folders it is given, and the experiments in params.yaml."""
     layout = {"train": tmp_path / "train", "eval": tmp_path / "eval", "prepared": tmp_path / "prepared"}
     (layout["prepared"]).mkdir()
     shutil.copy(inputs["samples"]["original"], layout["prepared"] / "val.npy")
+    for name, path in inputs["metrics"].items():
+        (layout["eval"] / name).mkdir(parents=True)
+        shutil.copy(path, layout["eval"] / name / "metrics.json")
     for name in ("coda", "ablate_vq"):
         (layout["train"] / name).mkdir(parents=True)
         shutil.copy(inputs["logs"][name], layout["train"] / name / "train_log.tsv")
-        (layout["eval"] / name).mkdir(parents=True)
         shutil.copy(inputs["samples"][name], layout["eval"] / name / "recon_samples.npy")
         shutil.copy(inputs["counts"][name], layout["eval"] / name / "code_counts.npy")
     shutil.copy(REPORTED, tmp_path / "reported.csv")
-    code = main(["report", "--params", str(REPO / "params.yaml"), "--metrics", str(inputs["metrics_dir"]),
+    code = main(["report", "--params", str(REPO / "params.yaml"),
                  "--reported", str(tmp_path / "reported.csv"), "--prepared", str(layout["prepared"]),
                  "--train", str(layout["train"]), "--eval", str(layout["eval"]), "--out", str(tmp_path / "cli")])
     assert code == 0

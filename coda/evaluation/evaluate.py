@@ -24,6 +24,8 @@ from .metrics import (PSNR_CAP_DB, SSIM_IMPLEMENTATION, CodeUsage, RunningMean, 
 LPIPS_NETS = ("vgg", "alex")
 POSTERIOR_MODES = ("sample", "mean")
 PROTOCOL_FROM_META = ("experiment", "dataset", "crop", "ema", "vae", "method")
+# What the evaluate stage writes into its directory, and the report reads back.
+METRICS_FILE, SAMPLES_FILE, COUNTS_FILE = "metrics.json", "recon_samples.npy", "code_counts.npy"
 
 
 def checkpoint_sha256(path: str | Path | None) -> str | None:

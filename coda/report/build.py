@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coda.files import write_text
+from coda.files import write_json, write_text
 
 from . import figures, readme, tables
 
@@ -32,11 +32,14 @@ def _grid_rows(metrics: dict[str, dict], recon_samples: dict, order: list[str], 
     return rows
 
 
-def build_report(metrics_dir, reported_csv, out_dir, experiments_meta: dict | None = None,
+def build_report(metrics_files: dict, reported_csv, out_dir, experiments_meta: dict | None = None,
                  train_logs: dict | None = None, recon_samples: dict | None = None,
                  code_counts: dict | None = None) -> dict[str, Path]:
-    """Write ``table1.csv``, ``ablation.csv``, ``figures/*.png`` and ``README.md`` under ``out_dir``.
+    """Write ``table1.csv``, ``ablation.csv``, ``figures/*.png``, ``README.md``, ``metrics/<name>.json``
+    (the numbers only: DVC's metrics) and ``provenance/<name>.json`` (each whole evaluation record)
+    under ``out_dir``.
 
+    ``metrics_files``: experiment name -> the evaluate stage's metrics.json.
     ``experiments_meta``: experiment name -> its config block (``method``/``vae`` labels,
     ``quantizer.kind``, ``lora``), also the row order. ``train_logs``: name -> train_log.tsv.
     ``recon_samples``: name -> uint8 N x H x W x 3 .npy, plus ``"original"`` -> the validation
@@ -45,7 +48,7 @@ def build_report(metrics_dir, reported_csv, out_dir, experiments_meta: dict | No
     """
     out_dir = Path(out_dir)
     experiments_meta = experiments_meta or {}
-    metrics = tables.load_metrics(metrics_dir)
+    metrics = tables.load_metrics(metrics_files)
     order = tables.experiment_order(metrics, experiments_meta)
     metrics = {name: metrics[name] for name in order}
     reported = tables.load_reported(reported_csv)
@@ -65,6 +68,13 @@ def build_report(metrics_dir, reported_csv, out_dir, experiments_meta: dict | No
     written["usage"] = figures.code_usage(metrics, counts, figure_dir / FIGURE_NAMES["usage"])
     written["curves"] = figures.training_curves(train_logs or {}, figure_dir / FIGURE_NAMES["curves"])
 
+    for name, record in metrics.items():
+        write_json(out_dir / "metrics" / f"{name}.json", tables.compared_numbers(record))
+        write_json(out_dir / "provenance" / f"{name}.json", record)
+    (out_dir / "curves").mkdir(exist_ok=True)  # `dvc plots show` draws loss against step from these
+    for name, path in (train_logs or {}).items():
+        if Path(path).is_file():
+            write_text(out_dir / "curves" / f"{name}.tsv", Path(path).read_text())
     written["readme"] = write_text(out_dir / "README.md",
                                    readme.render(metrics, table1, ablation, list(FIGURE_NAMES.values())))
     return written

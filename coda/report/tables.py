@@ -35,9 +35,22 @@ QUANTIZER_LABELS = {"coda": "CODA quantizer (multi-scale, attention lookup)",
 CEILING_LABEL = "continuous VAE (no quantizer; ceiling)"
 
 
-def load_metrics(metrics_dir: str | Path) -> dict[str, dict]:
-    """experiment name (file stem) -> metrics, for every ``*.json`` in ``metrics_dir``."""
-    return {path.stem: json.loads(path.read_text()) for path in sorted(Path(metrics_dir).glob("*.json"))}
+def load_metrics(files: dict[str, str | Path]) -> dict[str, dict]:
+    """experiment name -> its evaluation record, for the files that exist."""
+    return {name: json.loads(Path(path).read_text()) for name, path in files.items() if Path(path).is_file()}
+
+
+# The numbers `dvc exp show` compares, one column each (everything else is provenance).
+COMPARED_METRICS = ["rfid", "rfd_vgg16", "psnr", "ssim", "lpips_vgg", "lpips_alex", "codebook_utilization",
+                    "code_perplexity", "bits_per_image"]
+
+
+def compared_numbers(metrics: dict) -> dict:
+    """The numeric metrics of one evaluation record (rFID only from the official weights)."""
+    numbers = {key: metrics.get(key) for key in COMPARED_METRICS if metrics.get(key) is not None}
+    if shown_rfid(metrics) is None:
+        numbers.pop("rfid", None)
+    return numbers
 
 
 def load_reported(reported_csv: str | Path) -> pd.DataFrame:

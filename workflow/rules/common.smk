@@ -1,11 +1,18 @@
-# Helpers shared by the rules. A rule reruns when a value in its `params:` changes, so each rule
-# passes the values of exactly the params.yaml keys that dvc.yaml declares for the same stage:
-# one list of keys, two engines.
+# Helpers shared by the rules. dvc.yaml is the one table of what each stage tracks: a rule passes the
+# values of exactly the params.yaml keys its DVC stage declares (a rule reruns when a value in its
+# `params:` changes) and takes the stage's code dependencies as inputs.
+from pathlib import Path
+
 import yaml
 
 EXPERIMENTS = config["pipeline"]["experiments"]
 SCALE = config["scale"]
+WORK, LOGS = f"work/{SCALE}", f"logs/{SCALE}"  # each scale its own tree: switching never deletes another's work
 DVC_STAGES = yaml.safe_load(open("dvc.yaml"))["stages"]  # run from the repository root
+
+
+def _spec(stage):
+    return DVC_STAGES[stage].get("do", DVC_STAGES[stage])
 
 
 def _lookup(key):
@@ -20,8 +27,27 @@ def _lookup(key):
 def tracked(stage):
     """{key: value} for the params.yaml keys that dvc.yaml's `stage` declares."""
     def values(wildcards):
-        spec = DVC_STAGES[stage].get("do", DVC_STAGES[stage])
         item = getattr(wildcards, "experiment", "")
-        keys = [k.replace("${scale}", SCALE).replace("${item}", item) for k in spec.get("params", [])]
+        keys = [k.replace("${scale}", SCALE).replace("${item}", item) for k in _spec(stage).get("params", [])]
         return {key: _lookup(key) for key in keys}
     return values
+
+
+def code(stage):
+    """The package files dvc.yaml's `stage` depends on; a directory as its .py files, because
+    Snakemake sees only a directory's own modification time."""
+    files = []
+    for dep in _spec(stage).get("deps", []):
+        if dep.startswith("coda/"):
+            path = Path(dep)
+            files += sorted(str(p) for p in path.rglob("*.py")) if path.is_dir() else [dep]
+    return files
+
+
+# A local run starts at most one GPU job per card, and each `coda` GPU command claims its own card
+# (coda/devices.py). Without cards GPU jobs run on the CPU, unlimited; the user's --resources gpu=N wins.
+from coda.devices import gpu_cards
+
+GPU_CARDS = gpu_cards()
+if workflow.local_exec and GPU_CARDS and "gpu" not in workflow.resource_settings.resources:
+    workflow.global_resources["gpu"] = len(GPU_CARDS)

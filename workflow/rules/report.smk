@@ -1,19 +1,22 @@
+# Cheap: the tables, figures and DVC's views (metrics numbers, curves) of the current scale.
+# `snakemake --report results/report.html` bundles the report() outputs into one HTML file.
 rule report:
     input:
-        expand("results/metrics/{experiment}.json", experiment=EXPERIMENTS),
-        expand("work/train/{experiment}/train_log.tsv", experiment=EXPERIMENTS),
-        expand("work/eval/{experiment}/recon_samples.npy", experiment=EXPERIMENTS),
-        expand("work/eval/{experiment}/code_counts.npy", experiment=EXPERIMENTS),
-        "results/metrics/vae.json",
-        "work/eval/vae/recon_samples.npy",
+        expand(f"{WORK}/train/{{experiment}}/train_log.tsv", experiment=EXPERIMENTS),
+        expand(f"{WORK}/eval/{{experiment}}", experiment=EXPERIMENTS + ["vae"]),
+        f"{WORK}/prepared",
         "references/reported.csv",
-        "work/prepared",
+        code("report"),
     output:
-        table="results/table1.csv",
-        ablation="results/ablation.csv",
-        figures=directory("results/figures"),
+        table=report("results/table1.csv", caption="../report/table1.rst", category="Tables"),
+        ablation=report("results/ablation.csv", caption="../report/ablation.rst", category="Tables"),
+        figures=report(directory("results/figures"), patterns=["{name}.png"], caption="../report/figures.rst",
+                       category="Figures"),
         readme="results/README.md",
-    params: values=tracked("report"), scale=SCALE
-    log: "logs/report.log"
+        metrics=directory("results/metrics"),
+        provenance=directory("results/provenance"),
+        curves=directory("results/curves"),
+    params: values=tracked("report")
+    log: f"{LOGS}/report.log"
     conda: "../envs/coda.yaml"
-    shell: "coda report --scale {params.scale} --metrics results/metrics --reported references/reported.csv --prepared work/prepared --train work/train --eval work/eval --out results --log logs/report.log"
+    shell: f"coda report --scale {SCALE} --reported references/reported.csv --prepared {WORK}/prepared --train {WORK}/train --eval {WORK}/eval --out results --log {LOGS}/report.log"

@@ -1,14 +1,14 @@
-# Checkpoints (work/train/<experiment>/checkpoints) are not declared: Snakemake deletes declared
+# Checkpoints ({WORK}/train/<experiment>/checkpoints) are not declared: Snakemake deletes declared
 # outputs before a job runs, and rerunning after a crash must resume from them.
 rule train:
-    input: "work/prepared", "work/vae", "work/cache/manifest.json"
+    input: f"{WORK}/prepared", f"{WORK}/vae", f"{WORK}/cache/manifest.json", code("train")
     output:
-        tokenizer=directory("work/train/{experiment}/tokenizer"),
-        log_tsv="work/train/{experiment}/train_log.tsv",
-    params: values=tracked("train"), scale=SCALE
-    log: "logs/train/{experiment}.log"
-    benchmark: "logs/benchmarks/train/{experiment}.tsv"
+        tokenizer=directory(f"{WORK}/train/{{experiment}}/tokenizer"),
+        log_tsv=f"{WORK}/train/{{experiment}}/train_log.tsv",
+    params: values=tracked("train")
+    log: f"{LOGS}/train/{{experiment}}.log"
+    benchmark: f"{LOGS}/benchmarks/train/{{experiment}}.tsv"
     threads: 2
     resources: gpu=1
     conda: "../envs/coda.yaml"
-    shell: "coda train --scale {params.scale} --experiment {wildcards.experiment} --prepared work/prepared --vae work/vae --cache work/cache --out work/train/{wildcards.experiment} --log logs/train/{wildcards.experiment}.log"
+    shell: f"coda train --scale {SCALE} --experiment {{wildcards.experiment}} --prepared {WORK}/prepared --vae {WORK}/vae --cache {WORK}/cache --out {WORK}/train/{{wildcards.experiment}} --log {LOGS}/train/{{wildcards.experiment}}.log"
