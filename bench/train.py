@@ -1,15 +1,7 @@
 """Benchmark: training-step throughput of the f16 paper configuration, fp32 vs each speed option.
 
-The f16 setting: MAR KL-16 VAE architecture (random weights), LoRA rank 32 on conv1/conv2/
-upsample/downsample of encoder and decoder, CODA quantizer (V = 16384, scales 1..16), LPIPS-VGG,
-PatchGAN, 256 x 256 images. Each option runs the real trainer (``coda.train.train``) for a few
-steps; images/s is the median of the steps after the warm-up ones, read from its train_log.tsv.
-
-    python bench/train.py                                   # CPU: fp32, bf16, channels_last
-    python bench/train.py --device cuda --batch 16 --options fp32,bf16,tf32,compile,bf16+compile
-
-An option is one speed setting of the train: block or several joined by '+'
-(bf16, channels_last, tf32, compile); fp32 is none of them.
+Each option (bf16, channels_last, tf32, compile, or several joined by '+'; fp32 is none) runs the
+real trainer for a few steps; images/s is the median after the warm-up steps (bench/README.md).
 """
 from __future__ import annotations
 
@@ -63,7 +55,7 @@ def run_option(option: str, args, vae_dir: Path, images: Path, work: Path) -> di
     experiment = f16_experiment(args.codebook_size, args.resolution)
     experiment["train"] = {"batch_size": args.batch, "grad_accum": 1, "max_steps": args.steps,
                            "checkpoint_every": 10 ** 9, "progress_interval": 60, "device": args.device,
-                           "lpips_weight": 1.0 if args.lpips else 0.0, **{f: True for f in flags}}
+                           **{f: True for f in flags}}
     if args.device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -89,17 +81,13 @@ def main(argv=None) -> None:
                         help="rounds over all options (round-robin, so load changes hit every option alike)")
     parser.add_argument("--resolution", type=int, default=256, help="256 is the paper's; 128 for a quick look")
     parser.add_argument("--codebook-size", type=int, default=16384)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    parser.add_argument("--no-lpips", dest="lpips", action="store_false")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but torch sees no GPU")
     options = args.options.split(",")
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"f16 training step, {args.resolution}^2, batch {args.batch}, {args.steps} steps "
-          f"({args.warmup} warm-up), V={args.codebook_size}, LPIPS {'on' if args.lpips else 'off'}, {device_name}",
+          f"({args.warmup} warm-up), V={args.codebook_size}, {device_name}",
           flush=True)
     runs: dict[str, list[dict]] = {option: [] for option in options}
     with tempfile.TemporaryDirectory() as tmp:

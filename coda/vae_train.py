@@ -47,7 +47,6 @@ def train_small_vae(dataset, out_dir: str | Path, *, architecture: dict, steps: 
     bar = tqdm(total=steps, desc="train vae", unit="step", mininterval=10)
     start = time.perf_counter()
     for step, images in enumerate(loader):
-        images = images[0] if isinstance(images, (list, tuple)) else images
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, steps, lr, warmup)
         posterior = vae.encode(images)
@@ -84,7 +83,6 @@ def latent_scale_factor(vae: ContinuousVAE, dataset, batch_size: int, max_images
     samples = []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for images in loader:
-        images = images[0] if isinstance(images, (list, tuple)) else images
         samples.append(vae.encode(images).sample(generator))
         if sum(len(s) for s in samples) >= max_images:
             break

@@ -21,7 +21,3 @@ def build_discriminator(kind: str = "patchgan", *, dino_weights=None, channels: 
     if kind == "dino":
         return DinoDiscriminator(load_dino_backbone(dino_weights), weights=str(dino_weights))
     return PatchGAN(channels=channels, n_layers=n_layers)
-
-
-__all__ = ["KINDS", "PatchGAN", "DinoDiscriminator", "build_discriminator", "check_discriminator",
-           "load_dino_backbone"]

@@ -17,16 +17,13 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 # facebook/dino-vits16's config.json (used when only the weights file is given).
-VIT_S16_CONFIG = {
-    "model_type": "vit", "hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6,
-    "intermediate_size": 1536, "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
-    "attention_probs_dropout_prob": 0.0, "layer_norm_eps": 1e-12, "image_size": 224, "patch_size": 16,
-    "num_channels": 3, "qkv_bias": True,
-}
+VIT_S16_CONFIG = {"model_type": "vit", "hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6,
+                  "intermediate_size": 1536, "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
+                  "attention_probs_dropout_prob": 0.0, "layer_norm_eps": 1e-12, "image_size": 224,
+                  "patch_size": 16, "num_channels": 3, "qkv_bias": True}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 BLOCKS = (2, 5, 8, 11)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def missing_weights_message(path: str | Path | None) -> str:
@@ -42,12 +39,7 @@ def find_dino_weights(path: str | Path | None) -> Path | None:
     if not path:
         return None
     path = Path(path)
-    if path.is_file():
-        return path
-    for name in WEIGHT_FILES:
-        if (path / name).is_file():
-            return path / name
-    return None
+    return next((p for p in (path, *(path / name for name in WEIGHT_FILES)) if p.is_file()), None)
 
 
 def load_dino_backbone(path: str | Path):

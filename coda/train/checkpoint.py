@@ -100,11 +100,24 @@ def save_training_state(path: Path, *, step, experiment, global_batch, tokenizer
 def resume_training_state(path: Path, info, *, experiment, global_batch, tokenizer, ema, disc, opt_g, opt_d) -> int:
     """The one place that reads a checkpoint back; returns the step to continue from (0: a fresh run).
 
-    A checkpoint of other settings (a parameter changed since) is set aside, not resumed.
+    A checkpoint of other settings (a parameter changed since) is not resumed but kept: rank 0
+    moves it to checkpoints/superseded/ and the run starts over.
     """
-    if not path.exists() or _set_aside_other_run(path, experiment, info):
+    if not path.exists():
         return 0
     state = load_checkpoint(path)
+    if changed := changed_settings(state["experiment"], experiment):
+        if info.world_size > 1:
+            torch.distributed.barrier()  # every rank has read it before rank 0 moves it
+        if info.is_main:
+            target = path.parent / "superseded" / time.strftime("%Y%m%d-%H%M%S")
+            target.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target / path.name)
+            print(f"train: settings changed since {path} ({', '.join(changed)}); starting over, "
+                  f"the old checkpoint is kept in {target}", file=sys.stderr)
+        if info.world_size > 1:
+            torch.distributed.barrier()
+        return 0
     if state["global_batch"] != global_batch:
         raise ValueError(f"{path} was written with global batch {state['global_batch']}, this run has "
                          f"{global_batch} (batch_size x grad_accum x processes); keep it equal to resume")
@@ -129,22 +142,3 @@ def changed_settings(saved: dict, current: dict) -> list[str]:
 
     old, new = flat(saved), flat(current)
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-
-
-def _set_aside_other_run(checkpoint: Path, experiment: dict, info) -> bool:
-    """Rank 0 moves a checkpoint of other settings to checkpoints/superseded/, so the run starts
-    over and nothing is lost. Returns True if it was moved."""
-    changed = changed_settings(load_checkpoint(checkpoint)["experiment"], experiment)
-    if info.world_size > 1:
-        torch.distributed.barrier()  # every rank has read it before rank 0 moves it
-    if not changed:
-        return False
-    if info.is_main:
-        target = checkpoint.parent / "superseded" / time.strftime("%Y%m%d-%H%M%S")
-        target.mkdir(parents=True, exist_ok=True)
-        os.replace(checkpoint, target / checkpoint.name)
-        print(f"train: settings changed since {checkpoint} ({', '.join(changed)}); starting over, "
-              f"the old checkpoint is kept in {target}", file=sys.stderr)
-    if info.world_size > 1:
-        torch.distributed.barrier()
-    return True
