@@ -35,7 +35,6 @@ class LPIPSLoss(nn.Module):
         super().__init__()
         from .perceptual import load_lpips
 
-        self.net = net
         self.model = load_lpips(net).eval().requires_grad_(False)
 
     def train(self, mode: bool = True):
