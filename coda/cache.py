@@ -55,12 +55,8 @@ def cache_latents(vae, splits: dict[str, Dataset], out_dir: str | Path, *, vae_h
     """Encode every image of every split and write posterior moments in shards.
 
     Loading runs in DataLoader workers and shard writing in a background thread, so the encoder
-    is the only thing the main thread waits for.
+    is the only thing the main thread waits for. The settings are checked by the params schema.
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"cache dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    if shard_size < 1 or batch_size < 1:
-        raise ValueError("shard_size and batch_size must be positive")
     out_dir = Path(out_dir)
     counts = {name: len(ds) for name, ds in splits.items()}
     identity = {"vae_hash": vae_hash, "preprocessing": preprocessing, "dtype": dtype,
@@ -87,7 +83,6 @@ def cache_latents(vae, splits: dict[str, Dataset], out_dir: str | Path, *, vae_h
             shards = iter(todo)
             shard, means, logvars, filled = next(shards, None), [], [], 0
             for images in loader:
-                images = images[0] if isinstance(images, (list, tuple)) else images
                 # channels_last: oneDNN/cuDNN convolutions run NHWC faster (same math).
                 posterior = vae.encode(images.to(device, non_blocking=True, memory_format=torch.channels_last))
                 means.append(posterior.mean.to("cpu", store))
@@ -130,8 +125,7 @@ class LatentDataset(Dataset):
             raise KeyError(f"split {split!r} not in {manifest_path} (has {sorted(manifest['splits'])})")
         means, logvars = [], []
         for name in manifest["splits"][split]["shards"]:
-            path = Path(cache_dir) / name
-            with safe_open(path, framework="pt") as f:
+            with safe_open(Path(cache_dir) / name, framework="pt") as f:
                 means.append(f.get_tensor("mean"))
                 logvars.append(f.get_tensor("logvar"))
         self.mean, self.logvar = torch.cat(means), torch.cat(logvars)

@@ -89,7 +89,7 @@ class TokenizerLoss:
     of cached moments. ``images`` mode: encoder -> quantizer -> decoder, nll = l1 + mse + LPIPS,
     the quantizer's losses and, with a discriminator, ramp x adaptive weight x hinge GAN loss;
     ``discriminator_loss`` then trains the discriminator on the same micro-batch.
-    ``cfg``: the train settings (``coda.train.TrainConfig``).
+    ``cfg``: the train settings (``coda.train.config.TrainConfig``).
     """
 
     def __init__(self, tokenizer, cfg, discriminator=None, lpips=None, autocast=nullcontext(), variant=None):

@@ -19,16 +19,9 @@ from torch import nn
 
 # Random-init KL-VAE for CPU demos at 64x64: f8, 16 latent channels, about 3.9 M parameters.
 SMALL_VAE: dict = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "block_out_channels": [32, 64, 128, 128],
-    "layers_per_block": 1,
-    "act_fn": "silu",
-    "latent_channels": 16,
-    "norm_num_groups": 32,
-    "sample_size": 64,
-    "scaling_factor": 1.0,
-    "shift_factor": None,
+    "in_channels": 3, "out_channels": 3, "block_out_channels": [32, 64, 128, 128], "layers_per_block": 1,
+    "act_fn": "silu", "latent_channels": 16, "norm_num_groups": 32, "sample_size": 64,
+    "scaling_factor": 1.0, "shift_factor": None,
 }
 
 LOGVAR_RANGE = (-30.0, 20.0)
@@ -172,8 +165,7 @@ class ContinuousVAE(nn.Module):
         try:
             model = AutoencoderKL.from_pretrained(text, subfolder=subfolder, local_files_only=offline)
         except Exception as err:  # hub errors have many types; all mean "not available here"
-            hint = ("HF_HUB_OFFLINE=1, so only the local Hugging Face cache was searched. "
-                    if offline else "")
+            hint = "HF_HUB_OFFLINE=1, so only the local Hugging Face cache was searched. " if offline else ""
             raise FileNotFoundError(
                 f"could not load the diffusers VAE {text!r}"
                 f"{f' (subfolder {subfolder!r})' if subfolder else ''}: {str(err).rstrip('.')}. {hint}"

@@ -43,8 +43,7 @@ class ArrayImages(Dataset):
             raise FileNotFoundError(f"image array not found: {self.path} (run the prepare stage)")
         arr = np.load(self.path, mmap_mode="r")
         if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
-            raise ValueError(f"{self.path}: expected uint8 N x H x W x 3, got {arr.dtype} "
-                             f"{arr.shape}")
+            raise ValueError(f"{self.path}: expected uint8 N x H x W x 3, got {arr.dtype} {arr.shape}")
         self.shape = tuple(arr.shape)
         self._arr = None  # opened lazily in each process
 

@@ -70,8 +70,7 @@ def _make_split(split: str, names, out_dir: Path, report, resolution: int, crops
         except BadImage as exc:
             report.add_exception(exc)
     if not loaded:
-        raise ValueError(f"demo: none of the {split} photos {list(names)} could be loaded; see "
-                         f"{out_dir / REPORT}")
+        raise ValueError(f"demo: none of the {split} photos {list(names)} could be loaded; see {out_dir / REPORT}")
     npy, tsv = (TRAIN_NPY, TRAIN_FILES) if split == "train" else (VAL_NPY, VAL_FILES)
     rows, photos = [], []
     with npy_rows(out_dir / npy, len(loaded) * crops_per_photo, (resolution, resolution, 3)) as writer:
@@ -114,23 +113,14 @@ def prepare_demo(out_dir, resolution: int = 64, crops_per_train_photo: int = 160
              n_train, len(train_info), n_val, len(val_info))
     bad = reports["train"].bad + reports["val"].bad
     meta = {
-        "format_version": FORMAT_VERSION,
-        "scale": "demo",
-        "dataset": "demo-photos",
-        "resolution": resolution,
-        "crop": "multiscale-random",
-        "seed": int(seed),
-        "on_bad_image": on_bad_image,
-        "crops_per_train_photo": int(crops_per_train_photo),
-        "crops_per_val_photo": int(crops_per_val_photo),
-        "num_scales": NUM_SCALES,
-        "max_scale": MAX_SCALE,
+        "format_version": FORMAT_VERSION, "scale": "demo", "dataset": "demo-photos", "resolution": resolution,
+        "crop": "multiscale-random", "seed": int(seed), "on_bad_image": on_bad_image,
+        "crops_per_train_photo": int(crops_per_train_photo), "crops_per_val_photo": int(crops_per_val_photo),
+        "num_scales": NUM_SCALES, "max_scale": MAX_SCALE,
         "counts": {"train": n_train, "val": n_val,
                    "train_photos": len(train_info), "val_photos": len(val_info),
                    "train_skipped": reports["train"].skipped, "val_skipped": reports["val"].skipped},
-        "train_photos": train_info,
-        "val_photos": val_info,
-        "unavailable": [f["path"] for f in bad],
+        "train_photos": train_info, "val_photos": val_info, "unavailable": [f["path"] for f in bad],
         "files": {"train": TRAIN_NPY, "train_files": TRAIN_FILES, "val": VAL_NPY,
                   "val_files": VAL_FILES, "report": REPORT},
         "versions": library_versions(),

@@ -90,8 +90,7 @@ def _build_manifest(train_dir: Path, report, min_size, limit, seed):
     return [(rel, index[c], c) for rel, c in rows], classes
 
 
-def _build_val(val_dir: Path, out_dir: Path, report, resolution: int, crop: str, min_size, limit,
-               seed):
+def _build_val(val_dir: Path, out_dir: Path, report, resolution: int, crop: str, min_size, limit, seed):
     crop_fn = get_crop(crop)
     paths = _candidates(val_dir, report, "validation", limit, seed, salt=2)
 
@@ -142,32 +141,23 @@ def prepare_folder(train_dir, val_dir, out_dir, resolution: int = 256, crop: str
                    min_size=min_size) as reports:
         rows, classes = _build_manifest(train_dir, reports["train"], min_size, limit_train, seed)
         write_tsv(out_dir / TRAIN_MANIFEST, ("path", "label", "class"), rows)
-        n_val = _build_val(val_dir, out_dir, reports["val"], resolution, crop, min_size, limit_val,
-                           seed)
+        n_val = _build_val(val_dir, out_dir, reports["val"], resolution, crop, min_size, limit_val, seed)
     train_rep, val_rep = reports["train"], reports["val"]
     log.info("prepare: train %d ok, skipped %s; val %d ok, skipped %s",
              train_rep.ok, train_rep.by_reason, val_rep.ok, val_rep.by_reason)
     meta = {
-        "format_version": FORMAT_VERSION,
-        "scale": "folder",
+        "format_version": FORMAT_VERSION, "scale": "folder",
         "dataset": dataset or (train_dir.resolve().parent.name or "folder"),
-        "train_dir": str(train_dir.resolve()),
-        "val_dir": str(val_dir.resolve()),
-        "resolution": resolution,
-        "crop": crop,
-        "train_crop": "lanczos-short-side-1.125x-random-crop",
-        "seed": int(seed),
-        "on_bad_image": on_bad_image,
-        "min_size": min_size,
-        "limit_train": limit_train,
-        "limit_val": limit_val,
+        "train_dir": str(train_dir.resolve()), "val_dir": str(val_dir.resolve()),
+        "resolution": resolution, "crop": crop, "train_crop": "lanczos-short-side-1.125x-random-crop",
+        "seed": int(seed), "on_bad_image": on_bad_image, "min_size": min_size,
+        "limit_train": limit_train, "limit_val": limit_val,
         "counts": {
             "train": len(rows), "val": n_val,
             "train_skipped": train_rep.skipped, "val_skipped": val_rep.skipped,
             "train_ignored": len(train_rep.ignored), "val_ignored": len(val_rep.ignored),
         },
-        "num_classes": len(classes),
-        "classes": classes,
+        "num_classes": len(classes), "classes": classes,
         "files": {"train_manifest": TRAIN_MANIFEST, "val": VAL_NPY, "val_files": VAL_FILES,
                   "report": REPORT},
         "versions": library_versions(),

@@ -46,16 +46,8 @@ class CodaQuantizer(MultiScaleQuantizer):
     kind = "coda"
     settings = ("codebook_size", "dim", "attn_dim", "scales", "beta", "entropy_temperature", "rms_eps")
 
-    def __init__(
-        self,
-        codebook_size: int = 16384,
-        dim: int = 16,
-        attn_dim: int = 32,
-        scales=F16_SCALES,
-        beta: float = 0.05,
-        entropy_temperature: float = 0.01,
-        rms_eps: float = 1e-5,
-    ):
+    def __init__(self, codebook_size: int = 16384, dim: int = 16, attn_dim: int = 32, scales=F16_SCALES,
+                 beta: float = 0.05, entropy_temperature: float = 0.01, rms_eps: float = 1e-5):
         super().__init__(codebook_size, dim, scales, beta)
         self.attn_dim = check_int("attn_dim", attn_dim, 1)
         self.entropy_temperature = check_float("entropy_temperature", entropy_temperature, 0.0, strict=True)
@@ -77,15 +69,10 @@ class CodaQuantizer(MultiScaleQuantizer):
 
             def lookup(residual: Tensor) -> ScaleLookup:
                 queries = self.attn.queries(residual)
-                z_q, indices, entropy = attention_lookup(
-                    queries, keys, values, logit_scale, self.entropy_temperature
-                )
+                z_q, indices, entropy = attention_lookup(queries, keys, values, logit_scale, self.entropy_temperature)
                 z_q_hard = F.embedding(indices, values)  # same values, gradient only to V
-                vq_loss = (
-                    F.mse_loss(z_q, residual)
-                    + F.mse_loss(z_q_hard.detach(), residual)
-                    + self.beta * F.mse_loss(z_q_hard, residual.detach())
-                )
+                vq_loss = (F.mse_loss(z_q, residual) + F.mse_loss(z_q_hard.detach(), residual)
+                           + self.beta * F.mse_loss(z_q_hard, residual.detach()))
                 return ScaleLookup(z_q, indices, vq_loss, entropy)
 
             return residual_quantize(z.float(), self.scales, self.dim, lookup)

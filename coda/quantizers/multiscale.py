@@ -73,15 +73,12 @@ def check_latent(z: Tensor, scales: Sequence[int], channels: int) -> None:
     if z.dim() != 4 or z.shape[1] != channels:
         raise ValueError(f"expected a B x {channels} x H x W latent (dim={channels}), got shape {tuple(z.shape)}")
     if z.shape[-1] != scales[-1] or z.shape[-2] != scales[-1]:
-        raise ValueError(
-            f"latent size {tuple(z.shape[-2:])} does not match the quantizer: H and W must equal "
-            f"the last of scales {list(scales)} (= {scales[-1]})"
-        )
+        raise ValueError(f"latent size {tuple(z.shape[-2:])} does not match the quantizer: H and W must equal "
+                         f"the last of scales {list(scales)} (= {scales[-1]})")
 
 
-def residual_quantize(
-    z: Tensor, scales: Sequence[int], channels: int, lookup: Callable[[Tensor], ScaleLookup]
-) -> QuantizerOutput:
+def residual_quantize(z: Tensor, scales: Sequence[int], channels: int,
+                      lookup: Callable[[Tensor], ScaleLookup]) -> QuantizerOutput:
     """f_res = z; per scale: r = down(f_res), quantize, u = up(z_q), f_hat += u, f_res -= u."""
     check_latent(z, scales, channels)
     # Contiguous f_hat whatever z's strides (a posterior slice): the decoder's conv kernels, and so
@@ -95,12 +92,7 @@ def residual_quantize(
         indices.append(step.indices.reshape(z.shape[0], side, side))
         vq_losses.append(step.vq_loss)
         entropy_losses.append(step.entropy_loss)
-    return QuantizerOutput(
-        f_hat=f_hat,
-        indices=indices,
-        vq_loss=torch.stack(vq_losses).mean(),
-        entropy_loss=torch.stack(entropy_losses).mean(),
-    )
+    return QuantizerOutput(f_hat, indices, torch.stack(vq_losses).mean(), torch.stack(entropy_losses).mean())
 
 
 def residual_decode(indices: Sequence[Tensor], scales: Sequence[int], code_values: Tensor) -> Tensor:

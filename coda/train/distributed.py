@@ -35,15 +35,12 @@ def setup(device: str = "auto") -> DistInfo:
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if use_cuda:
         torch.cuda.set_device(local_rank)
-        chosen = torch.device("cuda", local_rank)
-    else:
-        chosen = torch.device("cpu")
-    owns = False
-    if world > 1 and not dist.is_initialized():
+    owns = world > 1 and not dist.is_initialized()
+    if owns:
         dist.init_process_group("nccl" if use_cuda else "gloo")
-        owns = True
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
+    chosen = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     return DistInfo(rank, world, local_rank, chosen, owns)
 
 
