@@ -25,16 +25,18 @@ def dry_run(command: str, work) -> list[str]:
     """Run ``command`` in ``work`` as a dry run; returns what failed (empty when all is well).
 
     Snakemake: ``-n``. DVC's own ``--dry`` fails on any clone whose stage outputs do not exist yet
-    (treeverse/dvc#9021), so a DVC command is checked as DVC itself starts it: ``-S`` overrides are
-    applied to params.yaml with DVC's Hydra code, coda validates the result, and ``dvc dag`` builds
-    the interpolated pipeline. Read-only commands (``dvc exp show``, ``dvc plots show``) run as they are.
+    (treeverse/dvc#9021), so a DVC command that runs or records stages is checked as DVC itself starts
+    it: ``-S`` overrides are applied to params.yaml with DVC's Hydra code, coda validates the result,
+    and ``dvc dag`` builds the interpolated pipeline (the tiny runs of tests/test_pipeline.py run
+    ``dvc repro``, ``dvc commit`` and ``dvc exp run`` for real). Read-only commands (``dvc exp show``,
+    ``dvc plots show``) run as they are.
     """
     from dvc.utils.hydra import apply_overrides
 
     words = shlex.split(command)
     if words[0] == "snakemake":
         steps = [[str(BIN / "snakemake"), "-n", *words[1:]]]
-    elif words[1] in ("repro", "exp") and words[1:3] != ["exp", "show"]:
+    elif words[1] in ("repro", "exp", "commit") and words[1:3] != ["exp", "show"]:
         overrides = [words[i + 1] for i, w in enumerate(words) if w in ("-S", "--set-param")]
         if overrides:
             apply_overrides(work / "params.yaml", overrides)
@@ -62,3 +64,19 @@ def test_readme_command_runs_as_written(tmp_path, command):
     run(["git", "commit", "-qm", "clone"], work)  # `dvc exp show` compares against a commit
     failures = dry_run(command, work)
     assert not failures, "\n".join(failures)
+
+
+def test_readme_torchrun_line_trains_data_parallel(tmp_path):
+    """The README's torchrun line, on 2 CPU processes at the tiny scale, trains one experiment."""
+    import json
+
+    line = next(l.strip() for l in (ROOT / "README.md").read_text().splitlines() if l.strip().startswith("torchrun"))
+    words = [w.replace("imagenet", "tiny") for w in shlex.split(line)]
+    words[words.index("--nproc_per_node") + 1] = "2"
+    work = pipeline_copy(tmp_path, "tiny")
+    run([str(BIN / "snakemake"), "--cores", "2", "work/tiny/cache/manifest.json"], work)
+    result = run([str(BIN / words[0]), *words[1:]], work, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = work / words[words.index("--out") + 1]
+    assert json.loads((out / "run.json").read_text())["world_size"] == 2
+    assert (out / "tokenizer" / "model.safetensors").is_file()
