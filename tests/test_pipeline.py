@@ -201,6 +201,20 @@ def test_dry_runs_work_without_gpu_or_imagenet(tmp_path):
                               "--cores", "1", "--profile", "profiles/slurm"], work).stdout
 
 
+def test_paper_scale_without_downloads_is_refused_before_any_job(tmp_path):
+    """Both engines stop in seconds, before the first job, naming every missing external input."""
+    work = pipeline_copy(tmp_path, "imagenet")
+    missing = ["data/imagenet/train", "data/imagenet/val", "weights/kl16.safetensors"]
+    snakemake = run([str(BIN / "snakemake"), "--cores", "1", "results/table1.csv"], work, check=False, timeout=120)
+    assert snakemake.returncode != 0 and all(m in snakemake.stderr for m in missing), snakemake.stderr[-2000:]
+    assert "Traceback" not in snakemake.stderr
+    assert not (work / "work").exists() and not (work / "logs" / "imagenet").exists()  # no job ran
+    dvc = run([str(BIN / "dvc"), "repro"], work, check=False, timeout=120)
+    output = dvc.stdout + dvc.stderr
+    assert dvc.returncode != 0 and all(m in output for m in missing), output[-2000:]
+    assert "Traceback" not in output and not (work / "work" / "imagenet" / "prepared").exists()
+
+
 def set_param(work: Path, path: str, value) -> None:
     params = yaml.safe_load((work / "params.yaml").read_text())
     node = params
