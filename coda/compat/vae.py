@@ -33,41 +33,19 @@ DIFFUSERS_ARCHITECTURE = "diffusers AutoencoderKL"
 
 # FLUX.1 VAE (tests/data/compat/flux_vae_keys.tsv); diffusers names.
 FLUX_VAE: dict = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [128, 256, 512, 512],
-    "layers_per_block": 2,
-    "act_fn": "silu",
-    "latent_channels": 16,
-    "norm_num_groups": 32,
-    "sample_size": 1024,
-    "scaling_factor": 0.3611,
-    "shift_factor": 0.1159,
-    "use_quant_conv": False,
-    "use_post_quant_conv": False,
-    "mid_block_add_attention": True,
+    "in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2,
+    "act_fn": "silu", "latent_channels": 16, "norm_num_groups": 32, "sample_size": 1024, "scaling_factor": 0.3611,
+    "shift_factor": 0.1159, "use_quant_conv": False, "use_post_quant_conv": False, "mid_block_add_attention": True,
 }
 
 # CODA f16: MAR KL-16 with rank-32 LoRA on conv1/conv2/upsample/downsample, encoder and decoder.
-CODA_MAR16_SETTINGS: dict = {
-    **ldm.MAR_KL16,
-    "lora_rank": 32,
-    "lora_targets": list(LORA_TARGETS["f16"]),
-    "lora_where": "both",
-    "lora_scale": 1.0,
-}
+CODA_MAR16_SETTINGS: dict = {**ldm.MAR_KL16, "lora_rank": 32, "lora_targets": list(LORA_TARGETS["f16"]),
+                             "lora_where": "both", "lora_scale": 1.0}
 
 # CODA f8: FLUX.1 VAE with rank-32 LoRA on conv1/conv2, encoder and decoder.
-CODA_FLUX8_SETTINGS: dict = {
-    "architecture": DIFFUSERS_ARCHITECTURE,
-    "diffusers_config": FLUX_VAE,
-    "lora_rank": 32,
-    "lora_targets": list(LORA_TARGETS["f8"]),
-    "lora_where": "both",
-    "lora_scale": 1.0,
-}
+CODA_FLUX8_SETTINGS: dict = {"architecture": DIFFUSERS_ARCHITECTURE, "diffusers_config": FLUX_VAE, "lora_rank": 32,
+                             "lora_targets": list(LORA_TARGETS["f8"]), "lora_where": "both", "lora_scale": 1.0}
 
 
 class Row(NamedTuple):

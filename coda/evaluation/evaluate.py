@@ -22,7 +22,6 @@ from .metrics import (PSNR_CAP_DB, SSIM_IMPLEMENTATION, CodeUsage, RunningMean, 
                       psnr_uint8, ssim_uint8, to_uint8, uint8_to_unit)
 
 LPIPS_NETS = ("vgg", "alex")
-POSTERIOR_MODES = ("sample", "mean")
 PROTOCOL_FROM_META = ("experiment", "dataset", "crop", "ema", "vae", "method")
 # What the evaluate stage writes into its directory, and the report reads back.
 METRICS_FILE, SAMPLES_FILE, COUNTS_FILE = "metrics.json", "recon_samples.npy", "code_counts.npy"
@@ -113,12 +112,10 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
     if model is None:
         raise ValueError("give a tokenizer, or tokenizer=None and the continuous vae (ceiling row)")
     vae = tokenizer.vae if tokenizer is not None else vae
+    # an unknown posterior mode is refused by the schema and by ContinuousVAE.latent
     posterior = posterior or (tokenizer.posterior if tokenizer is not None else "sample")
-    if posterior not in POSTERIOR_MODES:
-        raise ValueError(f"posterior must be one of {POSTERIOR_MODES}, got {posterior!r}")
-    previous_posterior = tokenizer.posterior if tokenizer is not None else None
     if tokenizer is not None:
-        tokenizer.posterior = posterior  # restored at the end
+        previous_posterior, tokenizer.posterior = tokenizer.posterior, posterior  # restored at the end
     model.to(device).eval()
 
     images = read_validation_images(val_npy)
@@ -144,9 +141,8 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
     samples = []
 
     try:
-        starts = range(0, count, batch_size)
-        for start in tqdm(starts, desc=f"evaluate {meta.get('experiment', '')}".strip(), unit="batch",
-                          mininterval=10):
+        for start in tqdm(range(0, count, batch_size), desc=f"evaluate {meta.get('experiment', '')}".strip(),
+                          unit="batch", mininterval=10):
             reference = torch.from_numpy(np.array(images[start:min(start + batch_size, count)]))
             reference = reference.permute(0, 3, 1, 2).contiguous().to(device)
             with torch.no_grad():

@@ -70,8 +70,7 @@ def build_extractor(name: str, device: torch.device, weights_path: str | Path | 
 
     layer = FEATURE_EXTRACTORS_REGISTRY[name].get_default_feature_layer_for_metric("fid")
     kwargs = {"feature_extractor_weights_path": str(weights_path)} if weights_path else {}
-    extractor = create_feature_extractor(name, [layer], cuda=False, verbose=False, **kwargs)
-    return extractor.to(device)
+    return create_feature_extractor(name, [layer], cuda=False, verbose=False, **kwargs).to(device)
 
 
 def resolve_inception_weights(path: str | Path | None) -> tuple[Path | None, dict]:

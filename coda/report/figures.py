@@ -42,8 +42,7 @@ def reconstruction_grid(rows: list[tuple[str, np.ndarray]], path: Path, columns:
     for row, (label, images) in enumerate(rows):
         for column in range(columns):
             axes = grid[row][column]
-            axes.set_xticks([])
-            axes.set_yticks([])
+            axes.set(xticks=[], yticks=[])
             if column < len(images):
                 axes.imshow(images[column], interpolation="nearest")
             else:
@@ -66,10 +65,8 @@ def code_usage(metrics: dict[str, dict], code_counts: dict[str, np.ndarray], pat
         all_scales.update(scales)
         per_scale.plot(scales, [100 * u for u in m["utilization_per_scale"]], marker="o", label=name)
     per_scale.set_xticks(sorted(all_scales), [f"{s}x{s}" for s in sorted(all_scales)], rotation=45)
-    per_scale.set_xlabel("scale (token map size)")
-    per_scale.set_ylabel("codes used at least once (% of codebook)")
-    per_scale.set_title("Codebook utilization per scale")
-    per_scale.set_ylim(0, 105)
+    per_scale.set(xlabel="scale (token map size)", ylabel="codes used at least once (% of codebook)",
+                  title="Codebook utilization per scale", ylim=(0, 105))
     per_scale.legend(fontsize=8)
     for name, counts in code_counts.items():
         pooled = np.sort(np.asarray(counts).reshape(len(counts), -1).sum(0))[::-1]
@@ -78,10 +75,8 @@ def code_usage(metrics: dict[str, dict], code_counts: dict[str, np.ndarray], pat
         rank = np.arange(1, len(pooled) + 1) / len(pooled)
         curve.plot(rank, pooled / pooled.sum(), label=name)
     if code_counts:
-        curve.set_yscale("log")
-        curve.set_xlabel("code rank (fraction of codebook, most used first)")
-        curve.set_ylabel("share of all tokens (log)")
-        curve.set_title("Sorted code usage, all scales pooled")
+        curve.set(yscale="log", xlabel="code rank (fraction of codebook, most used first)",
+                  ylabel="share of all tokens (log)", title="Sorted code usage, all scales pooled")
         curve.legend(fontsize=8)
     else:
         curve.set_axis_off()
@@ -107,8 +102,7 @@ def training_curves(train_logs: dict[str, Path], path: Path, max_panels: int = 6
         for name, frame in logs.items():
             if quantity in frame:
                 axes.plot(frame["step"], frame[quantity], label=name, linewidth=1)
-        axes.set_title(quantity)
-        axes.set_xlabel("step")
+        axes.set(title=quantity, xlabel="step")
         if quantity == "lr":
             axes.set_ylabel("learning rate")
             axes.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))

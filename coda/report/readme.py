@@ -60,14 +60,10 @@ def implementation_lines(metrics: dict[str, dict]) -> list[str]:
     first = next(iter(metrics.values()), {})
     keys = [("PSNR", "psnr_cap_db"), ("SSIM", "ssim_implementation"), ("LPIPS", "lpips_implementation"),
             ("Frechet distances", "frechet_implementation")]
-    lines = []
-    for label, key in keys:
-        if first.get(key) is not None:
-            value = first[key]
-            text = f"on uint8 images, per image, averaged; identical images capped at {value} dB" \
-                if key == "psnr_cap_db" else value
-            lines.append(f"- {label}: {text}")
-    return lines
+    if first.get("psnr_cap_db") is not None:
+        cap = first["psnr_cap_db"]
+        first = {**first, "psnr_cap_db": f"on uint8 images, per image, averaged; identical images capped at {cap} dB"}
+    return [f"- {label}: {first[key]}" for label, key in keys if first.get(key) is not None]
 
 
 def render(metrics: dict[str, dict], table: pd.DataFrame, ablation: pd.DataFrame, figures: list[str]) -> str:

@@ -151,15 +151,9 @@ def ablation(metrics: dict[str, dict], reported: pd.DataFrame) -> pd.DataFrame:
         ours = metrics.get(name, {})
         theirs = ladder.loc[variant].to_dict() if variant in ladder.index else {}
         theirs = {key: _present(value) for key, value in theirs.items()}
-        rows.append({"step": step, "experiment": name, "description": description,
-                     "rfid_computed": shown_rfid(ours), "rfid_reported": theirs.get("rfid"),
-                     "codebook_utilization_computed": ours.get("codebook_utilization"),
-                     "codebook_utilization_reported": theirs.get("codebook_utilization"),
-                     "indices_per_image_computed": ours.get("indices_per_image"),
-                     "indices_per_image_reported": theirs.get("indices_per_image"),
-                     "rfd_vgg16_computed": ours.get("rfd_vgg16"), "psnr_computed": ours.get("psnr"),
-                     "ssim_computed": ours.get("ssim"), "lpips_vgg_computed": ours.get("lpips_vgg"),
-                     "dataset_computed": ours.get("dataset"), "resolution_computed": ours.get("resolution"),
-                     "reported_source": theirs.get("source")})
+        row = {c: ours.get(c.removesuffix("_computed")) for c in ABLATION_COLUMNS if c.endswith("_computed")}
+        row |= {c: theirs.get(c.removesuffix("_reported")) for c in ABLATION_COLUMNS if c.endswith("_reported")}
+        rows.append({**row, "step": step, "experiment": name, "description": description,
+                     "rfid_computed": shown_rfid(ours), "reported_source": theirs.get("source")})
     return _typed(pd.DataFrame(rows, columns=ABLATION_COLUMNS),
                   ["step", "indices_per_image_computed", "indices_per_image_reported", "resolution_computed"])
