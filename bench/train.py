@@ -46,7 +46,7 @@ def prepare_inputs(work: Path, resolution: int, count: int) -> tuple[Path, Path]
 
 def run_option(option: str, args, vae_dir: Path, images: Path, work: Path) -> dict:
     """One short training run with this option; per-step images/s after the warm-up steps."""
-    from coda.train import train
+    from coda.train.stage import train
 
     flags = [] if option == "fp32" else option.split("+")
     unknown = [f for f in flags if f not in SPEED_OPTIONS]

@@ -126,7 +126,7 @@ def test_dino_without_weights_names_the_missing_file(tmp_path):
 
 
 def test_training_with_dino_but_no_weights_stops_before_loading_anything(tmp_path):
-    from coda.train import train
+    from coda.train.stage import train
 
     experiment = {"quantizer": {"kind": "coda"}, "lora": None,
                   "train": {"discriminator": "dino", "dino_weights": str(tmp_path / "nowhere")}}

@@ -16,7 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from coda.train import NonFiniteLossError, train
+from coda.train.loop import NonFiniteLossError
+from coda.train.stage import train
 from coda.train.checkpoint import load_checkpoint
 from coda.train.checkpoint import trainable_state
 
@@ -31,7 +32,7 @@ import json, os, signal, sys
 import torch
 torch.set_num_threads(1)
 from safetensors.torch import save_file
-from coda.train import train
+from coda.train.stage import train
 from coda.train.checkpoint import trainable_state
 
 experiment, vae, out, images, kill_at = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
@@ -399,7 +400,7 @@ def test_quantizer_warmup_on_latents_then_images(tmp_path, tiny_vae, photo_crops
     images-mode run initialised from that run's EMA quantizer.
     """
     from coda.tokenizer import Tokenizer
-    from coda.train import TrainConfig
+    from coda.train.config import TrainConfig
     from coda.train.inputs import open_dataset
     from coda.train.loop import fit
     from coda.train.distributed import setup

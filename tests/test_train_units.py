@@ -7,7 +7,8 @@ import pytest
 import torch
 import yaml
 
-from coda.train import TrainConfig, learning_rate
+from coda.train.config import TrainConfig
+from coda.train.schedule import learning_rate
 from coda.train import checkpoint as ckpt
 from coda.train import config
 
