@@ -96,6 +96,8 @@ def cmd_vae(args, params) -> None:
 
 
 def cmd_cache(args, params) -> None:
+    import torch
+
     from .cache import cache_latents
     from .data.datasets import ArrayImages, read_meta, train_dataset
     from .vae import ContinuousVAE
@@ -109,7 +111,7 @@ def cmd_cache(args, params) -> None:
     meta = read_meta(args.prepared)
     preprocessing = {k: meta.get(k) for k in ("dataset", "resolution", "crop", "seed")}
     cache_latents(vae, splits, args.out, vae_hash=info["hash"], preprocessing=preprocessing,
-                  device=_device(), **cfg)
+                  device="cuda" if torch.cuda.is_available() else "cpu", **cfg)
 
 
 def cmd_train(args, params) -> None:
@@ -171,29 +173,19 @@ def cmd_report(args, params) -> None:
         code_counts={n: evaluated / n / COUNTS_FILE for n in names})
 
 
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
+# Every flag is required but --tokenizer: the VAE's own evaluation (--experiment vae) has none.
 COMMANDS = {
-    "prepare": (cmd_prepare, "images -> train set and the preprocessed uint8 validation set",
-                [("--out", {"required": True})]),
+    "prepare": (cmd_prepare, "images -> train set and the preprocessed uint8 validation set", ["--out"]),
     "vae": (cmd_vae, "the frozen continuous VAE as a local diffusers directory (trains one at demo scale)",
-            [("--prepared", {"required": True}), ("--out", {"required": True})]),
+            ["--prepared", "--out"]),
     "cache": (cmd_cache, "posterior moments of the frozen VAE for train and val images",
-              [("--prepared", {"required": True}), ("--vae", {"required": True}), ("--out", {"required": True})]),
+              ["--prepared", "--vae", "--out"]),
     "train": (cmd_train, "train one experiment (resumes from its checkpoint when rerun)",
-              [("--experiment", {"required": True}), ("--prepared", {"required": True}),
-               ("--vae", {"required": True}), ("--cache", {"required": True}), ("--out", {"required": True})]),
+              ["--experiment", "--prepared", "--vae", "--cache", "--out"]),
     "evaluate": (cmd_evaluate, "metrics of one experiment's tokenizer, or of the continuous VAE (--experiment vae)",
-                 [("--experiment", {"required": True}), ("--prepared", {"required": True}),
-                  ("--vae", {"required": True}), ("--tokenizer", {}), ("--out", {"required": True})]),
+                 ["--experiment", "--prepared", "--vae", "--tokenizer", "--out"]),
     "report": (cmd_report, "table1.csv, ablation.csv, figures and README from all metrics files",
-               [("--reported", {"required": True}),
-                ("--prepared", {"required": True}), ("--train", {"required": True}),
-                ("--eval", {"required": True}), ("--out", {"required": True})]),
+               ["--reported", "--prepared", "--train", "--eval", "--out"]),
 }
 
 
@@ -205,8 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
         p.add_argument("--scale", help="override params.yaml's `scale` (Snakemake passes --config scale=...)")
         p.add_argument("--log", help="also write everything printed to this file")
-        for flag, kwargs in arguments:
-            p.add_argument(flag, **kwargs)
+        for flag in arguments:
+            p.add_argument(flag, required=flag != "--tokenizer")
     return parser
 
 
