@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from .config import ParamsError, experiment_config, load_params, scale_block
 from .devices import claim_gpu
+from .files import UnreadableFileError
 from .inputs import check_external_inputs
 
 GPU_COMMANDS = ("vae", "cache", "train", "evaluate")
@@ -115,7 +117,7 @@ def cmd_cache(args, params) -> None:
 
 
 def cmd_train(args, params) -> None:
-    from .train import save_released, train
+    from .train.stage import save_released, train
 
     experiment = experiment_config(params, args.experiment)
     if experiment.get("kind", "train") == "released":
@@ -197,21 +199,37 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
         p.add_argument("--scale", help="override params.yaml's `scale` (Snakemake passes --config scale=...)")
         p.add_argument("--log", help="also write everything printed to this file")
+        p.add_argument("--debug", action="store_true", default=os.environ.get("CODA_DEBUG", "") not in ("", "0"),
+                       help="show the traceback of a user error too (also CODA_DEBUG=1)")
         for flag in arguments:
             p.add_argument(flag, required=flag != "--tokenizer")
     return parser
 
 
 def main(argv=None) -> int:
+    """Run one stage. A problem the user can fix (a bad parameter, a missing or unreadable file, a bad
+    image under on_bad_image: error, a diverged run) ends with one message and exit status 2 (3 for a
+    non-finite loss); a bug keeps its traceback."""
     args = build_parser().parse_args(argv)
     _log_to(args.log)
     try:
         params = load_params(args.params, scale=args.scale)
         check_external_inputs(params)  # DVC's up-front refusal; Snakemake runs it in onstart too
-    except (ParamsError, FileNotFoundError) as err:
-        print(f"coda {args.command}: {err}", file=sys.stderr)
-        return 2
-    if args.command in GPU_COMMANDS:
-        claim_gpu()  # before anything touches CUDA: this job's own card, never one another job holds
-    COMMANDS[args.command][0](args, params)
+        if args.command in GPU_COMMANDS:
+            claim_gpu()  # before anything touches CUDA: this job's own card, never one another job holds
+        COMMANDS[args.command][0](args, params)
+    except Exception as error:
+        if args.debug or not isinstance(error, user_errors()):
+            raise
+        print(f"coda {args.command}: error: {error}", file=sys.stderr)
+        return 3 if type(error).__name__ == "NonFiniteLossError" else 2
     return 0
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that mean the user has something to fix; imported only when one is raised."""
+    from .data.bad_images import BadImageError
+    from .train.loop import NonFiniteLossError
+
+    return (ParamsError, FileNotFoundError, NotADirectoryError, UnreadableFileError, BadImageError,
+            NonFiniteLossError)

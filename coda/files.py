@@ -1,4 +1,5 @@
-"""Writing files safely, and the provenance every artifact records: the one place for both.
+"""Writing files safely, reading them with a clear error, and the provenance every artifact
+records: the one place for all three.
 
 ``atomic_path`` is how every stage writes a file: into a temporary name beside the target, moved
 onto it only when the write finished, so a crash leaves the old file or the new one, never a
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import platform
 import tempfile
 from collections.abc import Iterator
@@ -48,6 +50,25 @@ def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path
                 os.close(directory)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+class UnreadableFileError(ValueError):
+    """A file exists but cannot be read as what it should be: truncated, corrupt or another format."""
+
+
+@contextmanager
+def reading(path: str | os.PathLike, what: str, remedy: str) -> Iterator[None]:
+    """Turn a failed read inside the block into one UnreadableFileError that names ``path``, what it
+    should be and what to do. Wrap only the read itself, so a bug elsewhere keeps its traceback."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError, SafetensorError) as error:
+        detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise UnreadableFileError(f"{path} is not a readable {what} ({detail}); {remedy}") from error
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -6,6 +6,7 @@ processes staying in sync and matching one process with the same global batch, t
 epoch-based run length, the quantizer warm-up, and the `coda train` command (released files too).
 """
 import json
+from pathlib import Path
 import os
 import signal
 import subprocess
@@ -18,7 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from coda.train.loop import NonFiniteLossError
 from coda.train.stage import train
-from coda.train.checkpoint import load_checkpoint
+from coda.files import UnreadableFileError
+from coda.train.checkpoint import checkpoint_files, load_checkpoint
 from coda.train.checkpoint import trainable_state
 
 LORA = {"rank": 4, "targets": ["conv1", "conv2", "upsample", "downsample"], "where": "both"}
@@ -130,7 +132,7 @@ def test_images_mode_with_lora_and_patchgan_lowers_reconstruction_loss(tmp_path,
     for column in ("l1", "mse", "lpips", "vq", "entropy", "gan_g", "adaptive_weight", "d_loss", "images_per_s"):
         assert column in header
     assert [int(r[0]) for r in rows[1:]] == list(range(1, 17))
-    assert result.step == 16 and load_checkpoint(tmp_path / "checkpoints/last.safetensors")["step"] == 16
+    assert result.step == 16 and load_checkpoint(newest(tmp_path))["step"] == 16
 
 
 def test_latents_mode_coda_quantizer_uses_the_codebook(tmp_path, tiny_vae):
@@ -183,7 +185,7 @@ def test_nan_loss_stops_with_step_and_loss_named_and_keeps_last_checkpoint(tmp_p
 
     with pytest.raises(NonFiniteLossError, match=r"step 4: loss 'latent_mse' is nan.*step 2\) is kept"):
         train(_latents_experiment(), tiny_vae, tmp_path, latents=data, on_step=poison_after_step_3)
-    state = load_checkpoint(tmp_path / "checkpoints/last.safetensors")
+    state = load_checkpoint(newest(tmp_path))
     assert state["step"] == 2
     assert all(torch.isfinite(t).all() for t in state["model"].values())
     assert not (tmp_path / "tokenizer").exists()
@@ -192,13 +194,52 @@ def test_nan_loss_stops_with_step_and_loss_named_and_keeps_last_checkpoint(tmp_p
 def test_changed_settings_start_over_and_keep_the_old_checkpoint(tmp_path, tiny_vae, capsys):
     """A parameter change (dvc exp run -S ...) must retrain, not resume, and lose nothing."""
     train(_latents_experiment(max_steps=2), tiny_vae, tmp_path, latents=PoisonedLatents())
-    old = load_checkpoint(tmp_path / "checkpoints/last.safetensors")
+    old = load_checkpoint(newest(tmp_path))
     result = train(_latents_experiment(max_steps=2, lr=1e-3), tiny_vae, tmp_path, latents=PoisonedLatents())
     assert result.step == 2 and "train.lr" in capsys.readouterr().err
-    [kept] = (tmp_path / "checkpoints/superseded").glob("*/last.safetensors")
+    [kept] = (tmp_path / "checkpoints/superseded").glob("*/step-00000002.safetensors")
     assert load_checkpoint(kept)["experiment"] == old["experiment"]
-    assert load_checkpoint(tmp_path / "checkpoints/last.safetensors")["experiment"]["train"]["lr"] == 1e-3
+    assert load_checkpoint(newest(tmp_path))["experiment"]["train"]["lr"] == 1e-3
     assert json.loads((tmp_path / "run.json").read_text())["resumed_from"] == []
+
+
+def newest(out_dir: Path) -> Path:
+    return checkpoint_files(out_dir / "checkpoints")[0]
+
+
+def test_a_truncated_last_checkpoint_resumes_bit_exactly_from_the_previous_one(tmp_path, tiny_vae, capsys):
+    """keep_checkpoints (2) files stay; a damaged newest one costs one interval, never the run."""
+    experiment = _latents_experiment(max_steps=6)
+    reference = train(experiment, tiny_vae, tmp_path / "reference", latents=PoisonedLatents())
+    damaged = tmp_path / "damaged"
+
+    def crash_after_step_5(step, values):
+        if step == 5:
+            raise KeyboardInterrupt  # the run dies one step after its checkpoint of step 4
+
+    with pytest.raises(KeyboardInterrupt):
+        train(experiment, tiny_vae, damaged, latents=PoisonedLatents(), on_step=crash_after_step_5)
+    files = checkpoint_files(damaged / "checkpoints")
+    assert [f.name for f in files] == ["step-00000004.safetensors", "step-00000002.safetensors"]
+    files[0].write_bytes(files[0].read_bytes()[:1000])  # truncated, as by a full disk or a killed copy
+    result = train(experiment, tiny_vae, damaged, latents=PoisonedLatents())
+    err = capsys.readouterr().err
+    assert "step-00000004.safetensors is not a readable coda training checkpoint" in err
+    assert "resuming from" in err and "step-00000002" in err
+    assert json.loads((damaged / "run.json").read_text())["resumed_from"][-1] == 2
+    _assert_equal(trainable_state(result.ema_tokenizer, like=result.tokenizer),
+                  trainable_state(reference.ema_tokenizer, like=reference.tokenizer))
+    assert [f.name for f in checkpoint_files(damaged / "checkpoints")] == [
+        "step-00000006.safetensors", "step-00000004.safetensors"]
+
+
+def test_no_readable_checkpoint_is_reported_and_nothing_is_deleted(tmp_path, tiny_vae):
+    train(_latents_experiment(max_steps=2), tiny_vae, tmp_path, latents=PoisonedLatents())
+    only = newest(tmp_path)
+    only.write_bytes(b"not a checkpoint")
+    with pytest.raises(UnreadableFileError, match="no readable checkpoint.*move or delete"):
+        train(_latents_experiment(max_steps=2), tiny_vae, tmp_path, latents=PoisonedLatents())
+    assert only.read_bytes() == b"not a checkpoint"
 
 
 def _run_in_process(experiment, vae, out, images):
@@ -233,7 +274,7 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path, tiny_vae, photo_crops):
     reference = _run_in_process(experiment, tiny_vae, tmp_path / "reference", photo_crops)
     output = process.communicate(timeout=300)[0].decode()
     assert process.returncode == -signal.SIGKILL, output
-    assert load_checkpoint(killed / "checkpoints/last.safetensors")["step"] == 4
+    assert load_checkpoint(newest(killed))["step"] == 4
     assert not (killed / "tokenizer").exists()
 
     rerun = subprocess.run(args + ["-1"], env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
@@ -245,8 +286,7 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path, tiny_vae, photo_crops):
     _assert_equal(load_file(killed / "weights-rank0.safetensors"), reference)
     assert ((killed / "tokenizer/model.safetensors").read_bytes()
             == (tmp_path / "reference/tokenizer/model.safetensors").read_bytes())
-    _assert_equal(load_file(killed / "checkpoints/last.safetensors"),
-                  load_file(tmp_path / "reference/checkpoints/last.safetensors"))
+    _assert_equal(load_file(newest(killed)), load_file(newest(tmp_path / "reference")))
 
 
 def test_two_processes_stay_in_sync_and_match_one_process(tmp_path, tiny_vae, photo_crops):

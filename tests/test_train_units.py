@@ -98,5 +98,5 @@ def test_load_rejects_other_files(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"w": torch.ones(1)}, tmp_path / "plain.safetensors")
-    with pytest.raises(ValueError, match="not a coda training checkpoint"):
+    with pytest.raises(ValueError, match="not a readable coda training checkpoint"):
         ckpt.load_checkpoint(tmp_path / "plain.safetensors")

@@ -1,5 +1,9 @@
 """Training checkpoints: the file format, and the policy (the one place that saves, the one that resumes).
 
+The last ``keep`` checkpoints stay in ``checkpoints/step-<step>.safetensors``: a truncated or
+unreadable newest one is reported and training resumes from the one before it, so a damaged file
+costs at most one checkpoint interval. Nothing is deleted but the checkpoints older than those kept.
+
 The file is one safetensors file, tensors plus a JSON skeleton, replaced atomically. Any nest of
 dicts, lists, numbers, strings and tensors round-trips exactly (optimizer state dicts included,
 whose integer keys JSON alone would turn into strings). Reading never unpickles.
@@ -17,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..files import atomic_path
+from ..files import UnreadableFileError, atomic_path, reading
 from .config import RESUMABLE_CHANGES
 
 META_KEY = "coda_checkpoint"
@@ -57,12 +61,18 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        if META_KEY not in metadata:
-            raise ValueError(f"{path} is not a coda training checkpoint (no '{META_KEY}' metadata)")
-        tensors = {name: f.get_tensor(name) for name in f.keys()}
-    return _unpack(json.loads(metadata[META_KEY]), tensors)
+    with reading(path, "coda training checkpoint", "it is skipped for an older one if there is one"):
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            if META_KEY not in metadata:
+                raise ValueError(f"no '{META_KEY}' metadata")
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        return _unpack(json.loads(metadata[META_KEY]), tensors)
+
+
+def checkpoint_files(directory: Path) -> list[Path]:
+    """The checkpoints in ``directory``, newest (highest step) first."""
+    return sorted(Path(directory).glob("step-*.safetensors"), reverse=True)
 
 
 # ---------------------------------------------------------------------------- what a checkpoint holds
@@ -83,8 +93,9 @@ def load_trainable_state(module: nn.Module, state: dict, what: str, like: nn.Mod
 
 
 # ---------------------------------------------------------------------------- the policy
-def save_training_state(path: Path, *, step, experiment, global_batch, tokenizer, ema, disc, opt_g, opt_d):
-    """The one place that writes a checkpoint."""
+def save_training_state(directory: Path, keep: int, *, step, experiment, global_batch, tokenizer, ema, disc,
+                        opt_g, opt_d) -> Path:
+    """The one place that writes a checkpoint; the ``keep`` newest stay, older ones are removed."""
     state = {
         "format": 1, "step": step, "experiment": experiment, "global_batch": global_batch,
         "model": trainable_state(tokenizer), "ema": trainable_state(ema.model, like=tokenizer),
@@ -94,30 +105,50 @@ def save_training_state(path: Path, *, step, experiment, global_batch, tokenizer
     }
     if disc is not None:
         state.update(disc=trainable_state(disc), opt_d=opt_d.state_dict())
-    save_checkpoint(path, state)
+    path = save_checkpoint(Path(directory) / f"step-{step:08d}.safetensors", state)
+    for old in checkpoint_files(directory)[keep:]:
+        old.unlink()
+    return path
 
 
-def resume_training_state(path: Path, info, *, experiment, global_batch, tokenizer, ema, disc, opt_g, opt_d) -> int:
+def resume_training_state(directory: Path, info, *, experiment, global_batch, tokenizer, ema, disc, opt_g,
+                          opt_d) -> int:
     """The one place that reads a checkpoint back; returns the step to continue from (0: a fresh run).
 
-    A checkpoint of other settings (a parameter changed since) is not resumed but kept: rank 0
-    moves it to checkpoints/superseded/ and the run starts over.
+    The newest readable checkpoint wins; an unreadable one is reported and left in place. A checkpoint
+    of other settings (a parameter changed since) is not resumed but kept: rank 0 moves the
+    checkpoints to checkpoints/superseded/ and the run starts over.
     """
-    if not path.exists():
+    files, unreadable = checkpoint_files(directory), []
+    for path in files:
+        try:
+            state = load_checkpoint(path)
+            break
+        except UnreadableFileError as error:
+            unreadable.append(path)
+            if info.is_main:
+                print(f"train: warning: {error}", file=sys.stderr)
+    else:
+        if unreadable:
+            raise UnreadableFileError(
+                f"no readable checkpoint in {directory} ({len(unreadable)} unreadable, kept as they are); to "
+                f"start this experiment over, move or delete {directory}")
         return 0
-    state = load_checkpoint(path)
     if changed := changed_settings(state["experiment"], experiment):
         if info.world_size > 1:
             torch.distributed.barrier()  # every rank has read it before rank 0 moves it
         if info.is_main:
-            target = path.parent / "superseded" / time.strftime("%Y%m%d-%H%M%S")
+            target = Path(directory) / "superseded" / time.strftime("%Y%m%d-%H%M%S")
             target.mkdir(parents=True, exist_ok=True)
-            os.replace(path, target / path.name)
+            for old in files:
+                os.replace(old, target / old.name)
             print(f"train: settings changed since {path} ({', '.join(changed)}); starting over, "
-                  f"the old checkpoint is kept in {target}", file=sys.stderr)
+                  f"the old checkpoints are kept in {target}", file=sys.stderr)
         if info.world_size > 1:
             torch.distributed.barrier()
         return 0
+    if unreadable and info.is_main:
+        print(f"train: resuming from {path}, the newest readable checkpoint", file=sys.stderr)
     if state["global_batch"] != global_batch:
         raise ValueError(f"{path} was written with global batch {state['global_batch']}, this run has "
                          f"{global_batch} (batch_size x grad_accum x processes); keep it equal to resume")

@@ -51,6 +51,7 @@ class TrainConfig:
     patchgan_layers: int = 3
     # bookkeeping
     checkpoint_every: int = resumable(1000)
+    keep_checkpoints: int = resumable(2)     # the newest ones kept: a damaged last one costs one interval
     progress_interval: float = resumable(30.0)  # seconds between progress-bar refreshes
     num_workers: int = resumable(0)
     save_live: bool = resumable(False)  # also write the live (non-EMA) tokenizer to tokenizer_live/
@@ -69,6 +70,7 @@ class TrainConfig:
             "data_mode": self.data_mode in DATA_MODES, "discriminator": self.discriminator in DISCRIMINATORS,
             "batch_size": self.batch_size >= 1, "grad_accum": self.grad_accum >= 1,
             "checkpoint_every": self.checkpoint_every >= 1,
+            "keep_checkpoints": self.keep_checkpoints >= 1,
             "max_steps": self.max_steps is None or self.max_steps >= 1,
             "quantizer_warmup_steps": self.quantizer_warmup_steps >= 0,
             "epochs": self.max_steps is not None or self.epochs > 0,

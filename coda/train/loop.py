@@ -27,7 +27,7 @@ from .inputs import build_tokenizer, micro_batch_stream, mix_seeds
 from .log import LOG, TsvLog, finish_run_record, progress_bar, start_run_record
 from .schedule import learning_rate
 
-CHECKPOINT = "checkpoints/last.safetensors"
+CHECKPOINTS = "checkpoints"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -89,10 +89,10 @@ def fit(cfg: TrainConfig, experiment: dict, vae_dir, out_dir, dataset, info, *, 
     ema = EMA(tokenizer, start_epoch=cfg.ema_start_epoch)
 
     # --- resume
-    checkpoint = out_dir / CHECKPOINT
+    checkpoints = out_dir / CHECKPOINTS
     state = dict(experiment=experiment, global_batch=global_batch, tokenizer=tokenizer, ema=ema,
                  disc=disc, opt_g=opt_g, opt_d=opt_d)
-    start_step = resume_training_state(checkpoint, info, **state)
+    start_step = resume_training_state(checkpoints, info, **state)
     for module in (tokenizer, disc):
         if module is not None:
             distributed.broadcast_state(module, info)
@@ -149,7 +149,7 @@ def fit(cfg: TrainConfig, experiment: dict, vae_dir, out_dir, dataset, info, *, 
         bad = [name for name, value in values.items() if not math.isfinite(value)]
         if bad:  # name the component, not just the total
             name = next((n for n in bad if n != "loss"), "loss")
-            _stop(f"loss '{name}' is {values[name]}", step, checkpoint, saved_step, info)
+            _stop(f"loss '{name}' is {values[name]}", step, checkpoints, saved_step, info)
 
         distributed.sum_gradients(g_params, info)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(g_params, cfg.grad_clip))
@@ -159,7 +159,7 @@ def fit(cfg: TrainConfig, experiment: dict, vae_dir, out_dir, dataset, info, *, 
             d_grad_norm = float(torch.nn.utils.clip_grad_norm_(d_params, cfg.grad_clip))
         for which, norm in (("generator", grad_norm), ("discriminator", d_grad_norm)):
             if not math.isfinite(norm):
-                _stop(f"the {which} gradient norm is {norm}", step, checkpoint, saved_step, info)
+                _stop(f"the {which} gradient norm is {norm}", step, checkpoints, saved_step, info)
         opt_g.step()
         if disc is not None:
             opt_d.step()
@@ -179,7 +179,7 @@ def fit(cfg: TrainConfig, experiment: dict, vae_dir, out_dir, dataset, info, *, 
             if disc is not None:
                 distributed.check_in_sync(disc, info, "discriminator")
             if info.is_main:
-                save_training_state(checkpoint, step=step, **state)
+                save_training_state(checkpoints, cfg.keep_checkpoints, step=step, **state)
             saved_step = step
         if on_step is not None:
             on_step(step, values)
@@ -194,8 +194,8 @@ def fit(cfg: TrainConfig, experiment: dict, vae_dir, out_dir, dataset, info, *, 
     return TrainResult(out_dir, step, tokenizer, ema.model, disc)
 
 
-def _stop(problem: str, step: int, checkpoint: Path, saved_step: int, info) -> None:
-    kept = (f"the last good checkpoint {checkpoint} (step {saved_step}) is kept" if saved_step
+def _stop(problem: str, step: int, checkpoints: Path, saved_step: int, info) -> None:
+    kept = (f"the last good checkpoint (step {saved_step}) is kept in {checkpoints}" if saved_step
             else "no checkpoint had been written yet")
     message = f"step {step + 1}: {problem}; training stopped before the optimizer step, {kept}"
     if info.is_main:
