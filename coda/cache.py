@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .files import atomic_path, write_json
+from .files import atomic_path, reading, write_json
 
 MANIFEST = "manifest.json"
 STATE = "cache_state.json"
@@ -120,14 +120,17 @@ class LatentDataset(Dataset):
         if not manifest_path.exists():
             raise FileNotFoundError(f"{manifest_path} not found: run the cache stage first "
                                     "(`coda cache`), or train in `images` mode")
-        manifest = json.loads(manifest_path.read_text())
+        remedy = "delete the cache directory and rerun the cache stage"
+        with reading(manifest_path, "latent cache manifest", remedy):
+            manifest = json.loads(manifest_path.read_text())
         if split not in manifest["splits"]:
             raise KeyError(f"split {split!r} not in {manifest_path} (has {sorted(manifest['splits'])})")
         means, logvars = [], []
         for name in manifest["splits"][split]["shards"]:
-            with safe_open(Path(cache_dir) / name, framework="pt") as f:
-                means.append(f.get_tensor("mean"))
-                logvars.append(f.get_tensor("logvar"))
+            with reading(Path(cache_dir) / name, "latent cache shard", remedy):
+                with safe_open(Path(cache_dir) / name, framework="pt") as f:
+                    means.append(f.get_tensor("mean"))
+                    logvars.append(f.get_tensor("logvar"))
         self.mean, self.logvar = torch.cat(means), torch.cat(logvars)
         self.latent_shape = list(self.mean.shape[1:])
 

@@ -228,8 +228,9 @@ def main(argv=None) -> int:
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Exceptions that mean the user has something to fix; imported only when one is raised."""
+    from .compat.ldm import LayoutError
     from .data.bad_images import BadImageError
     from .train.loop import NonFiniteLossError
 
-    return (ParamsError, FileNotFoundError, NotADirectoryError, UnreadableFileError, BadImageError,
+    return (ParamsError, FileNotFoundError, NotADirectoryError, UnreadableFileError, LayoutError, BadImageError,
             NonFiniteLossError)

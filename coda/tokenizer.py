@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
-from .files import atomic_path, write_json
+from .files import atomic_path, reading, write_json
 from .lora import add_lora
 from .quantizers import QuantizerOutput, build_quantizer
 from .vae import LATENT_MODES, ContinuousVAE
@@ -105,8 +105,10 @@ class Tokenizer(nn.Module):
                 raise FileNotFoundError(
                     f"{directory / name} not found: a tokenizer directory holds {CONFIG_NAME} and "
                     f"{WEIGHTS_NAME}, as written by Tokenizer.save_pretrained")
-        tokenizer = cls.from_config(json.loads((directory / CONFIG_NAME).read_text()))
-        tokenizer.load_state_dict(load_file(directory / WEIGHTS_NAME), strict=True)
+        remedy = "rerun the train stage that wrote it, or point to another tokenizer directory"
+        with reading(directory, "tokenizer directory (config.json + model.safetensors)", remedy):
+            tokenizer = cls.from_config(json.loads((directory / CONFIG_NAME).read_text()))
+            tokenizer.load_state_dict(load_file(directory / WEIGHTS_NAME), strict=True)
         return tokenizer.eval()
 
     @classmethod

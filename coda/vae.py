@@ -181,10 +181,14 @@ def _load_local(model_cls, location: Path, subfolder: str | None):
         raise FileNotFoundError(
             f"{str(directory)!r} is not a diffusers model directory (no config.json). Pass the folder "
             "written by AutoencoderKL.save_pretrained, or its parent with subfolder='vae'.")
-    class_name = json.loads(config_file.read_text()).get("_class_name")
-    if class_name not in (None, "AutoencoderKL"):
-        raise ValueError(f"{str(config_file)!r} describes a {class_name}, not a diffusers AutoencoderKL")
-    return model_cls.from_pretrained(str(location), subfolder=subfolder, local_files_only=True)
+    from .files import reading
+
+    with reading(directory, "diffusers AutoencoderKL directory", "save it again with save_pretrained, or "
+                 "rerun the vae stage"):
+        class_name = json.loads(config_file.read_text()).get("_class_name")
+        if class_name not in (None, "AutoencoderKL"):
+            raise ValueError(f"{str(config_file)!r} describes a {class_name}, not a diffusers AutoencoderKL")
+        return model_cls.from_pretrained(str(location), subfolder=subfolder, local_files_only=True)
 
 
 def posterior_latent(vae, mean, logvar, posterior: str, seed: int):

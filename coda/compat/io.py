@@ -16,18 +16,22 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from ..files import UnreadableFileError, reading
 
-        return load_file(str(path), device="cpu")
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    with reading(path, "weights file (safetensors, or a torch file of tensors)", "download it again"):
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
     if isinstance(obj, Mapping):
         for key in WRAPPER_KEYS:
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path} does not hold a state dict (found {type(obj).__name__})")
+        raise UnreadableFileError(f"{path} does not hold a state dict (found {type(obj).__name__}); "
+                                  "pass the weights file itself")
     not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise ValueError(f"{path}: state-dict entries that are not tensors: {not_tensors[:5]}")

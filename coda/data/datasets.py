@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..files import reading
 from .bad_images import BadImage
 from .crops import train_crop
 from .images import read_rgb
@@ -41,7 +42,8 @@ class ArrayImages(Dataset):
         self.path = Path(npy_path)
         if not self.path.exists():
             raise FileNotFoundError(f"image array not found: {self.path} (run the prepare stage)")
-        arr = np.load(self.path, mmap_mode="r")
+        with reading(self.path, "uint8 image array", "rerun the prepare stage"):
+            arr = np.load(self.path, mmap_mode="r")
         if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
             raise ValueError(f"{self.path}: expected uint8 N x H x W x 3, got {arr.dtype} {arr.shape}")
         self.shape = tuple(arr.shape)

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from ..files import reading
+
 # facebook/dino-vits16's config.json (used when only the weights file is given).
 VIT_S16_CONFIG = {"model_type": "vit", "hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6,
                   "intermediate_size": 1536, "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
@@ -54,13 +56,14 @@ def load_dino_backbone(path: str | Path):
     if weights is None:
         raise FileNotFoundError(missing_weights_message(path))
     config_file = weights.parent / "config.json"
-    config = json.loads(config_file.read_text()) if config_file.is_file() else dict(VIT_S16_CONFIG)
-    with tempfile.TemporaryDirectory() as tmp:  # from_pretrained wants a directory in HF layout
-        (Path(tmp) / "config.json").write_text(json.dumps(config))
-        standard_name = WEIGHT_FILES[0] if weights.suffix == ".safetensors" else WEIGHT_FILES[1]
-        (Path(tmp) / standard_name).symlink_to(weights.resolve())
-        model, info = ViTModel.from_pretrained(tmp, config=ViTConfig(**config), add_pooling_layer=False,
-                                               output_loading_info=True, local_files_only=True)
+    with reading(weights, "DINO ViT-S/16 checkpoint (facebook/dino-vits16)", "download it again"):
+        config = json.loads(config_file.read_text()) if config_file.is_file() else dict(VIT_S16_CONFIG)
+        with tempfile.TemporaryDirectory() as tmp:  # from_pretrained wants a directory in HF layout
+            (Path(tmp) / "config.json").write_text(json.dumps(config))
+            standard_name = WEIGHT_FILES[0] if weights.suffix == ".safetensors" else WEIGHT_FILES[1]
+            (Path(tmp) / standard_name).symlink_to(weights.resolve())
+            model, info = ViTModel.from_pretrained(tmp, config=ViTConfig(**config), add_pooling_layer=False,
+                                                   output_loading_info=True, local_files_only=True)
     if info["missing_keys"]:
         raise ValueError(f"{weights} is not a ViT checkpoint in the dino-vits16 layout: missing "
                          f"{sorted(info['missing_keys'])[:5]}...")

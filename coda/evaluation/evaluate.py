@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from coda.files import atomic_path, directory_sha256, file_sha256, library_versions, write_json
+from coda.files import atomic_path, directory_sha256, file_sha256, library_versions, reading, write_json
 
 from .frechet import (INCEPTION_EXTRACTOR, PairedFrechet, build_extractor,
                       resolve_inception_weights)
@@ -40,7 +40,8 @@ def checkpoint_sha256(path: str | Path | None) -> str | None:
 
 def read_validation_images(val_npy: str | Path) -> np.ndarray:
     """The preprocessed validation set, N x H x W x 3 uint8, memory-mapped (never read whole)."""
-    images = np.load(val_npy, mmap_mode="r")
+    with reading(val_npy, "uint8 validation set", "rerun the prepare stage"):
+        images = np.load(val_npy, mmap_mode="r")
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"{val_npy}: expected an N x H x W x 3 uint8 array, got {images.dtype} {images.shape}")
     return images
