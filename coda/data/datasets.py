@@ -1,14 +1,4 @@
-"""torch Datasets over a prepared folder (``coda.data.folder``, ``coda.data.demo``).
-
-Every item is a float tensor C x H x W in [-1, 1] (uint8 / 127.5 - 1).
-
-- ``ArrayImages``: a uint8 N x H x W x 3 ``.npy`` (val.npy, or the demo's train.npy), memory-mapped
-  and opened lazily, so DataLoader workers each map the file instead of copying it.
-- ``ManifestImages``: the paper-scale training set; reads each file with ``read_rgb`` and applies
-  ``train_crop``. The crop is drawn from a generator seeded by (seed, epoch, index) -- call
-  ``set_epoch`` once per epoch for fresh crops. A file that turns out bad at train time is skipped
-  with a warning by deterministically drawing another index.
-"""
+"""torch Datasets over a prepared folder; every item is a float tensor C x H x W in [-1, 1]."""
 
 from __future__ import annotations
 
@@ -36,7 +26,8 @@ def to_tensor(arr: np.ndarray) -> torch.Tensor:
 
 
 class ArrayImages(Dataset):
-    """Images from a uint8 N x H x W x 3 ``.npy`` file (memory-mapped)."""
+    """A uint8 N x H x W x 3 ``.npy`` (val.npy, the demo's train.npy), memory-mapped and opened lazily,
+    so DataLoader workers each map the file instead of copying it."""
 
     def __init__(self, npy_path):
         self.path = Path(npy_path)
@@ -58,13 +49,13 @@ class ArrayImages(Dataset):
         return to_tensor(np.array(self._arr[index]))
 
     def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_arr"] = None
-        return state
+        return {**self.__dict__, "_arr": None}
 
 
 class ManifestImages(Dataset):
-    """Training images listed in ``train_manifest.tsv`` (paths relative to ``root``)."""
+    """``train_manifest.tsv``'s files (relative to ``root``) via ``read_rgb`` and ``train_crop``, seeded by
+    (seed, epoch, index): call ``set_epoch`` once per epoch for fresh crops. A file that turns out bad
+    at train time is skipped with a warning by deterministically drawing another index."""
 
     def __init__(self, manifest, root, resolution: int, seed: int = 0, min_size=None):
         self.manifest, self.root = Path(manifest), Path(root)

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..files import library_versions, write_json
-from .bad_images import BadImage, check_policy, reporting
+from .bad_images import BadImage, reporting
 from .crops import resize_short_side
 from .layout import (FORMAT_VERSION, META, REPORT, TRAIN_FILES, TRAIN_MANIFEST, TRAIN_NPY, VAL_FILES,
                      VAL_NPY, npy_rows, remove_outputs, write_tsv)
@@ -68,7 +68,7 @@ def _make_split(split: str, names, out_dir: Path, report, resolution: int, crops
             loaded.append((name, load_photo(name)))
             report.add_ok()
         except BadImage as exc:
-            report.add_exception(exc)
+            report.add_bad(exc.path, exc.reason, exc.detail)
     if not loaded:
         raise ValueError(f"demo: none of the {split} photos {list(names)} could be loaded; see {out_dir / REPORT}")
     npy, tsv = (TRAIN_NPY, TRAIN_FILES) if split == "train" else (VAL_NPY, VAL_FILES)
@@ -93,7 +93,6 @@ def prepare_demo(out_dir, resolution: int = 64, crops_per_train_photo: int = 160
     offline is skipped and listed in the report (or raises ``BadImageError`` under
     ``on_bad_image="error"``).
     """
-    check_policy(on_bad_image)
     resolution = int(resolution)
     val_photos = list(VAL_PHOTOS)
     train_photos = [n for n in PHOTOS if n not in val_photos] if train_photos is None else list(train_photos)
@@ -102,9 +101,9 @@ def prepare_demo(out_dir, resolution: int = 64, crops_per_train_photo: int = 160
         raise ValueError(f"photos {overlap} are in both train and validation")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_outputs(out_dir, (META, TRAIN_MANIFEST))
     with reporting(out_dir / REPORT, on_bad_image, {"train": None, "val": None},
-                   source="bundled photos") as reports:
+                   source="bundled photos") as reports:  # refuses a bad on_bad_image before any removal
+        remove_outputs(out_dir, (META, TRAIN_MANIFEST))
         train_info, n_train = _make_split("train", train_photos, out_dir, reports["train"], resolution,
                                           crops_per_train_photo, seed)
         val_info, n_val = _make_split("val", val_photos, out_dir, reports["val"], resolution,

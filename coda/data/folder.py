@@ -24,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..files import library_versions, write_json
-from .bad_images import BadImage, check_policy, reporting
+from .bad_images import BadImage, reporting
 from .crops import get_crop
 from .images import list_files, open_rgb, probe_image
 from .layout import (FORMAT_VERSION, META, REPORT, TRAIN_FILES, TRAIN_MANIFEST, TRAIN_NPY, VAL_FILES,
@@ -72,7 +72,7 @@ def _checked(results, total: int, root: Path, report, desc: str):
         if exc is None and any(ch in rel for ch in "\t\n\r"):
             exc = BadImage("unsupported_name", path, "tab or newline in the file name")
         if exc is not None:
-            report.add_exception(exc)
+            report.add_bad(exc.path, exc.reason, exc.detail)
             continue
         parts = path.relative_to(root).parts
         yield path, rel, parts[0] if len(parts) > 1 else "", value
@@ -90,8 +90,7 @@ def _build_manifest(train_dir: Path, report, min_size, limit, seed):
     return [(rel, index[c], c) for rel, c in rows], classes
 
 
-def _build_val(val_dir: Path, out_dir: Path, report, resolution: int, crop: str, min_size, limit, seed):
-    crop_fn = get_crop(crop)
+def _build_val(val_dir: Path, out_dir: Path, report, resolution: int, crop_fn, min_size, limit, seed):
     paths = _candidates(val_dir, report, "validation", limit, seed, salt=2)
 
     def load(path):
@@ -123,12 +122,10 @@ def prepare_folder(train_dir, val_dir, out_dir, resolution: int = 256, crop: str
     ``BadImageError``). ``min_size``: smallest accepted short side in pixels (None: 16).
     ``limit_train``/``limit_val``: a seeded random subset of that many files.
 
-    Raises FileNotFoundError / NotADirectoryError / ValueError with a clear message for a missing
-    folder, a file given as folder, a folder with no images, or a validation set with no usable
-    image; ``BadImageError`` under ``on_bad_image="error"``.
+    Raises FileNotFoundError / NotADirectoryError / ValueError naming the folder at fault (missing,
+    a file, no images, no usable validation image).
     """
-    check_policy(on_bad_image)
-    get_crop(crop)
+    crop_fn = get_crop(crop)
     resolution = int(resolution)
     train_dir, val_dir, out_dir = Path(train_dir), Path(val_dir), Path(out_dir)
     for what, d in (("train", train_dir), ("validation", val_dir)):
@@ -136,12 +133,12 @@ def prepare_folder(train_dir, val_dir, out_dir, resolution: int = 256, crop: str
             raise FileNotFoundError(f"{what} folder not found: {d} (expected a folder of images, "
                                     f"e.g. ImageNet class subfolders of JPEGs)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_outputs(out_dir, (META, TRAIN_NPY, TRAIN_FILES))
     with reporting(out_dir / REPORT, on_bad_image, {"train": train_dir, "val": val_dir},
-                   min_size=min_size) as reports:
+                   min_size=min_size) as reports:  # refuses a bad on_bad_image before any removal
+        remove_outputs(out_dir, (META, TRAIN_NPY, TRAIN_FILES))
         rows, classes = _build_manifest(train_dir, reports["train"], min_size, limit_train, seed)
         write_tsv(out_dir / TRAIN_MANIFEST, ("path", "label", "class"), rows)
-        n_val = _build_val(val_dir, out_dir, reports["val"], resolution, crop, min_size, limit_val, seed)
+        n_val = _build_val(val_dir, out_dir, reports["val"], resolution, crop_fn, min_size, limit_val, seed)
     train_rep, val_rep = reports["train"], reports["val"]
     log.info("prepare: train %d ok, skipped %s; val %d ok, skipped %s",
              train_rep.ok, train_rep.by_reason, val_rep.ok, val_rep.by_reason)
@@ -152,11 +149,9 @@ def prepare_folder(train_dir, val_dir, out_dir, resolution: int = 256, crop: str
         "resolution": resolution, "crop": crop, "train_crop": "lanczos-short-side-1.125x-random-crop",
         "seed": int(seed), "on_bad_image": on_bad_image, "min_size": min_size,
         "limit_train": limit_train, "limit_val": limit_val,
-        "counts": {
-            "train": len(rows), "val": n_val,
-            "train_skipped": train_rep.skipped, "val_skipped": val_rep.skipped,
-            "train_ignored": len(train_rep.ignored), "val_ignored": len(val_rep.ignored),
-        },
+        "counts": {"train": len(rows), "val": n_val, "train_skipped": train_rep.skipped,
+                   "val_skipped": val_rep.skipped, "train_ignored": len(train_rep.ignored),
+                   "val_ignored": len(val_rep.ignored)},
         "num_classes": len(classes), "classes": classes,
         "files": {"train_manifest": TRAIN_MANIFEST, "val": VAL_NPY, "val_files": VAL_FILES,
                   "report": REPORT},

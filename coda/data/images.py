@@ -28,16 +28,13 @@ def is_image_name(path) -> bool:
 
 
 def _looks_like_text(head: bytes) -> bool:
-    # A multi-byte character cut at the end of the sample is still text.
-    for sample in (head, head[:-3]):
+    for sample in (head, head[:-3]):  # a multi-byte character cut at the end of the sample is still text
         try:
             text = sample.decode("utf-8")
-            break
         except UnicodeDecodeError:
             continue
-    else:
-        return False
-    return sum(ch.isprintable() or ch in "\r\n\t" for ch in text) >= 0.95 * max(1, len(text))
+        return sum(ch.isprintable() or ch in "\r\n\t" for ch in text) >= 0.95 * max(1, len(text))
+    return False
 
 
 def _unidentified_reason(path: Path) -> str:
@@ -153,10 +150,7 @@ def read_rgb(path, min_size=None) -> Image.Image:
 
 def list_files(root) -> tuple[list[Path], list[Path]]:
     """All non-hidden files under ``root``, recursively, sorted by relative path: (images, others).
-
-    Raises FileNotFoundError for a missing root and NotADirectoryError for a file. Follows
-    symlinked folders, visiting each real folder once.
-    """
+    Follows symlinked folders, visiting each real folder once."""
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"image folder not found: {root} (expected a folder of images, "
