@@ -52,7 +52,9 @@ def load_dino_backbone(path: str | Path):
     """
     from transformers import ViTConfig, ViTModel
 
-    weights = find_dino_weights(path)  # build_discriminator has checked it exists
+    weights = find_dino_weights(path)
+    if weights is None:
+        raise FileNotFoundError(missing_weights_message(path))
     config_file = weights.parent / "config.json"
     with reading(weights, "DINO ViT-S/16 checkpoint (facebook/dino-vits16)", "download it again"):
         config = json.loads(config_file.read_text()) if config_file.is_file() else dict(VIT_S16_CONFIG)
