@@ -1,4 +1,4 @@
-"""Exponential moving average of a model's trainable weights (method.md section 5)."""
+"""Exponential moving average of a model's trainable weights (docs/method.md section 5)."""
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,4 @@
-"""LoRA on the VAE convolutions through peft (method.md section 2).
+"""LoRA on the VAE convolutions through peft (docs/method.md section 2).
 
 Each adapted ``nn.Conv2d`` computes ``conv(x) + up(down(x))``: ``down`` has the base conv's kernel,
 stride and padding (in -> r, N(0, 1/r) init: peft's ``init_lora_weights="gaussian"``), ``up`` is a
@@ -76,7 +76,7 @@ def lora_module_names(vae_or_module: nn.Module) -> list[str]:
 
 
 def adaptive_weight_layer(vae_or_module: nn.Module, variant: str) -> nn.Parameter:
-    """The LoRA `up` weight used as "last layer" by the VQGAN adaptive GAN weight (method.md section 4):
+    """The LoRA `up` weight used as "last layer" by the VQGAN adaptive GAN weight (docs/method.md section 4):
     f16 the lowest-resolution decoder upsample conv, f8 the last resnet conv2 of the
     highest-resolution up block."""
     up_blocks = _inner(vae_or_module).decoder.up_blocks  # ordered lowest -> highest resolution

@@ -1,4 +1,4 @@
-"""Training losses (method.md section 4): small pure functions, and ``TokenizerLoss``, the one
+"""Training losses (docs/method.md section 4): small pure functions, and ``TokenizerLoss``, the one
 place that combines them for a micro-batch (weights, LPIPS, GAN terms, the adaptive weight).
 
 Pixels are in [-1, 1]. Every loss returns a scalar tensor averaged over its batch, so that
@@ -44,7 +44,7 @@ class LPIPSLoss(nn.Module):
         return self.model(x_hat, x).mean()
 
 
-# -- adversarial (method.md section 4) ------------------------------------------------------
+# -- adversarial (docs/method.md section 4) ------------------------------------------------------
 def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
     return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
 
@@ -83,7 +83,7 @@ def adaptive_weight_target(tokenizer, variant: str | None = None) -> str:
 
 
 class TokenizerLoss:
-    """Everything one micro-batch is trained on (method.md section 4); the loop calls it.
+    """Everything one micro-batch is trained on (docs/method.md section 4); the loop calls it.
 
     ``latents`` mode: mse(f_hat, z) and the quantizer's VQ and entropy losses on a posterior sample
     of cached moments. ``images`` mode: encoder -> quantizer -> decoder, nll = l1 + mse + LPIPS,

@@ -1,4 +1,4 @@
-"""ContinuousVAE: one interface over any diffusers ``AutoencoderKL`` (method.md section 1); other
+"""ContinuousVAE: one interface over any diffusers ``AutoencoderKL`` (docs/method.md section 1); other
 checkpoint layouts (MAR's kl16, the released CODA VAEs) are mapped onto it in ``coda.compat``.
 
 Latents come in two spaces: *raw* (what the encoder + quant_conv produce, what post_quant_conv +

@@ -1,4 +1,4 @@
-"""Every training loss against a value computed by hand (method.md sections 3-4)."""
+"""Every training loss against a value computed by hand (docs/method.md sections 3-4)."""
 import math
 
 import pytest

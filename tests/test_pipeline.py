@@ -1,4 +1,4 @@
-"""Snakemake and DVC describe one DAG: same stages, commands, outputs and params (pipeline.md)."""
+"""Snakemake and DVC describe one DAG: same stages, commands, outputs and params (docs/pipeline.md)."""
 from __future__ import annotations
 
 import json

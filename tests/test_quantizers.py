@@ -202,7 +202,7 @@ def test_beta_scales_only_the_codebook_side(kind):
 
 
 def _dense_coda(q: CodaQuantizer, z):
-    """method.md section 3 written directly with one-hot and softmax matrices: the benchmark's baseline."""
+    """docs/method.md section 3 written directly with one-hot and softmax matrices: the benchmark's baseline."""
     spec = importlib.util.spec_from_file_location("bench_quantizer", Path(__file__).parents[1] / "bench/quantizer.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -26,7 +26,7 @@ import torch
 
 LDM_ARCHITECTURE = "LDM/MAR KL autoencoder"
 
-# MAR's kl16.safetensors (method.md section 1). scaling_factor is not part of the LDM architecture;
+# MAR's kl16.safetensors (docs/method.md section 1). scaling_factor is not part of the LDM architecture;
 # it is the latent normalisation the CODA release uses for this VAE.
 MAR_KL16: dict = {
     "architecture": LDM_ARCHITECTURE, "ch": 128, "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2,

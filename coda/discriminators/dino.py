@@ -1,4 +1,4 @@
-"""DINO discriminator (method.md section 4): a frozen DINO ViT-S/16 and five small trainable heads.
+"""DINO discriminator (docs/method.md section 4): a frozen DINO ViT-S/16 and five small trainable heads.
 
 Tokens after the patch embedding and after blocks 2, 5, 8, 11 each go to a head of spectral-norm
 Conv1d layers over the token sequence (kernel 9, circular padding, BatchNorm, LeakyReLU 0.2).

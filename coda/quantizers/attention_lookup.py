@@ -1,6 +1,6 @@
 """Attention code lookup for one scale as a single autograd Function.
 
-Computes, for rows q (already RMS-normed) against keys K and values V (method.md section 3):
+Computes, for rows q (already RMS-normed) against keys K and values V (docs/method.md section 3):
   logits = q K^T * logit_scale, idx = argmax, z_q = V[idx] with the gradient of (onehot - sg(p) + p) V,
   entropy = mean_rows H(softmax(logits / T)) - H(mean_rows softmax(logits / T)).
 

@@ -1,4 +1,4 @@
-"""The multi-scale residual scheme shared by all quantizers (method.md section 3), their common base
+"""The multi-scale residual scheme shared by all quantizers (docs/method.md section 3), their common base
 class, and setting checks."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Multi-scale residual VQ with a plain nearest-neighbour lookup (ablation step 2 of method.md section 6)."""
+"""Multi-scale residual VQ with a plain nearest-neighbour lookup (ablation step 2 of docs/method.md section 6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Single-scale nearest-neighbour VQ on the latent (ablation step 1 of method.md section 6)."""
+"""Single-scale nearest-neighbour VQ on the latent (ablation step 1 of docs/method.md section 6)."""
 
 from __future__ import annotations
 

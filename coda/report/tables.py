@@ -16,7 +16,7 @@ TEXT_COLUMNS = {"experiment", "method", "source", "vae", "downsample", "dataset"
 DECIMALS = 4
 COMPUTED = "computed"
 
-# method.md section 6: (experiment, step, the `variant` of the "CODA ablation" rows of reported.csv)
+# docs/method.md section 6: (experiment, step, the `variant` of the "CODA ablation" rows of reported.csv)
 ABLATION_LADDER = [
     ("ablate_vq", "plain VQ on the frozen latent (single scale, nearest neighbour)", "plain VQ on frozen latent"),
     ("ablate_rvq", "+ residual multi-scale quantization", "+ residual multi-scale"),

@@ -27,14 +27,14 @@ class TrainConfig:
     epochs: float = 10                  # run length when max_steps is unset
     max_steps: int | None = None        # overrides epochs
     seed: int = 42
-    # optimisation (method.md section 5)
+    # optimisation (docs/method.md section 5)
     lr: float = 5e-4
     betas: tuple[float, float] = (0.5, 0.9)
     weight_decay: float = 0.005         # generator: LoRA + quantizer
     disc_weight_decay: float = 0.0005
     grad_clip: float = 10.0
     ema_start_epoch: int = 4            # before it the EMA copies the live weights
-    # loss weights (method.md section 4)
+    # loss weights (docs/method.md section 4)
     l1_weight: float = 0.2
     mse_weight: float = 1.0
     lpips_weight: float = 1.0

@@ -1,4 +1,4 @@
-"""The training loop for every experiment kind (method.md sections 4-5), top to bottom.
+"""The training loop for every experiment kind (docs/method.md sections 4-5), top to bottom.
 
 ``latents`` mode: frozen VAE, cached posterior moments are sampled, the quantizer learns to
 reconstruct the latent. ``images`` mode: encoder (LoRA or frozen) -> quantizer -> decoder with the
