@@ -201,6 +201,14 @@ def test_dry_runs_work_without_gpu_or_imagenet(tmp_path):
                               "--cores", "1", "--profile", "profiles/slurm"], work).stdout
 
 
+def test_a_fresh_clone_with_committed_results_runs_the_whole_pipeline(tmp_path):
+    """results/ is committed, work/ is not: the README's command must rebuild, not call it up to date."""
+    work = pipeline_copy(tmp_path)
+    shutil.copytree(ROOT / "results", work / "results")
+    planned = planned_jobs(run([str(BIN / "snakemake"), "-n", "--cores", "all", "results/table1.csv"], work).stdout)
+    assert planned.get("prepare") == "1" and planned.get("report") == "1", planned
+
+
 def test_paper_scale_without_downloads_is_refused_before_any_job(tmp_path):
     """Both engines stop in seconds, before the first job, naming every missing external input."""
     work = pipeline_copy(tmp_path, "imagenet")
