@@ -29,8 +29,8 @@ from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
 from .data.bad_images import BadImage, reporting
-from .data.framing import Framing, fit_to_square
 from .data.datasets import to_tensor
+from .data.framing import Framing, fit_to_square
 from .data.images import is_image_name, list_files, open_rgb
 from .evaluation.metrics import psnr_uint8, to_uint8
 from .files import UnreadableFileError, atomic_path, file_sha256, reading
@@ -119,7 +119,8 @@ def save_tokens(path: Path, indices: list[torch.Tensor], codebook_size: int, met
 
 def read_tokens(path: Path) -> tuple[list[np.ndarray], dict]:
     """(one s x s index array per scale, the metadata), or UnreadableFileError naming ``path``."""
-    with reading(path, "coda token file", "make it again with `coda encode`"), safe_open(str(path), framework="numpy") as f:
+    with reading(path, "coda token file", "make it again with `coda encode`"), \
+            safe_open(str(path), framework="numpy") as f:
         raw = f.metadata() or {}
         if json.loads(raw.get("format", "null")) != TOKEN_FORMAT:
             raise ValueError(f"no {TOKEN_FORMAT!r} metadata")
