@@ -1,7 +1,8 @@
 """`coda`: one command per pipeline stage. Snakemake rules and DVC stages call exactly these.
 
-Every command reads and validates params.yaml first, so bad parameters stop the run before any
-computation, whichever engine started it.
+Every stage reads and validates params.yaml first, so bad parameters stop the run before any
+computation, whichever engine started it. `coda reconstruct / encode / decode` work on your own
+files with a trained tokenizer and need no params.yaml (coda/image_files.py).
 """
 from __future__ import annotations
 
@@ -198,6 +199,56 @@ COMMANDS = {
 }
 
 
+def run_on_files(args) -> None:
+    from . import image_files
+
+    common = {"tokenizer_dir": args.tokenizer, "out": args.out, "device": args.device}
+    if args.command == "decode":
+        image_files.decode(args.inputs, **common)
+        return
+    options = {"policy": args.policy, "posterior": args.posterior, "seed": args.seed}
+    if args.command == "reconstruct":
+        options["sheet"] = args.sheet
+    getattr(image_files, args.command)(args.inputs, **common, **options)
+
+
+# Commands on your own files: no params.yaml, and not pipeline stages (tests/test_pipeline.py reads
+# every cmd_* function as one), so they are listed apart.
+FILE_COMMANDS = {
+    "reconstruct": ("images or folders of them -> reconstructions as PNG (with --sheet: input | output too)",
+                    "image files or folders"),
+    "encode": ("images or folders of them -> token files (.safetensors) that `coda decode` reads",
+               "image files or folders"),
+    "decode": ("token files or folders of them -> PNGs in the framing they were encoded with",
+               "token files (.safetensors) or folders"),
+}
+
+
+def _add_file_arguments(p: argparse.ArgumentParser, name: str, inputs_help: str) -> None:
+    from .data.framing import FIT_POLICIES
+
+    p.add_argument("inputs", nargs="+", metavar="PATH", help=inputs_help)
+    p.add_argument("--tokenizer", required=True, help="a tokenizer directory (config.json + model.safetensors)")
+    p.add_argument("--out", required=True, help="folder for the outputs and <command>_report.json")
+    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    if name == "decode":
+        return
+    p.add_argument("--policy", choices=FIT_POLICIES, default=FIT_POLICIES[0],
+                   help="to the tokenizer's square: resize the short side and crop the centre (default), or "
+                        "resize the long side and pad, the padding removed after decoding")
+    p.add_argument("--posterior", choices=("sample", "mean"),
+                   help="tokenize a posterior sample or its mean (default: the tokenizer's own setting)")
+    p.add_argument("--seed", type=int, default=0, help="seed of each image's posterior sample (default: 0)")
+    if name == "reconstruct":
+        p.add_argument("--sheet", action="store_true", help="also write sheets/<name>.png: input beside output")
+
+
+def _add_common_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log", help="also write everything printed to this file")
+    p.add_argument("--debug", action="store_true", default=os.environ.get("CODA_DEBUG", "") not in ("", "0"),
+                   help="show the traceback of a user error too (also CODA_DEBUG=1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coda", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -205,21 +256,26 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
         p.add_argument("--scale", help="override params.yaml's `scale` (Snakemake passes --config scale=...)")
-        p.add_argument("--log", help="also write everything printed to this file")
-        p.add_argument("--debug", action="store_true", default=os.environ.get("CODA_DEBUG", "") not in ("", "0"),
-                       help="show the traceback of a user error too (also CODA_DEBUG=1)")
+        _add_common_arguments(p)
         for flag in arguments:
             p.add_argument(flag, required=flag != "--tokenizer")
+    for name, (help_text, inputs_help) in FILE_COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _add_file_arguments(p, name, inputs_help)
+        _add_common_arguments(p)
     return parser
 
 
 def main(argv=None) -> int:
-    """Run one stage. A problem the user can fix (a bad parameter, a missing or unreadable file, a bad
+    """Run one stage or file command. A problem the user can fix (a bad parameter, a missing or unreadable file, a bad
     image under on_bad_image: error, a diverged run) ends with one message and exit status 2 (3 for a
     non-finite loss); a bug keeps its traceback."""
     args = build_parser().parse_args(argv)
     _log_to(args.log)
     try:
+        if args.command in FILE_COMMANDS:
+            run_on_files(args)
+            return 0
         params = load_params(args.params, scale=args.scale)
         check_external_inputs(params)  # DVC's up-front refusal; Snakemake runs it in onstart too
         if args.command in GPU_COMMANDS:
