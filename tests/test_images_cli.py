@@ -157,4 +157,5 @@ def test_no_usable_image_is_exit_2_with_the_report(tmp_path, photos, tokenizer_d
     assert json.loads((out / "reconstruct_report.json").read_text())["images"]["by_reason"] == {
         "corrupt": 1, "missing": 1, "truncated": 1}
     assert main(["encode", str(photos), "--tokenizer", str(tmp_path / "no_tokenizer"), "--out", str(out)]) == 2
-    assert "config.json" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert str(tmp_path / "no_tokenizer") in err and "tokenizer directory" in err
