@@ -143,9 +143,13 @@ def fit(cfg: TrainConfig, experiment: dict, vae_dir, out_dir, dataset, info, *, 
             batch = next(stream)
             total, losses, indices, x_hat = objective(batch, mix_seeds(cfg.seed, step, k * info.world_size + info.rank),
                                                       ramp)
-            (total / n_micro).backward()
+            loss = total
             if disc is not None:  # discriminator step on the same micro-batch
-                (objective.discriminator_loss(batch, x_hat, losses) / n_micro).backward()
+                # One backward: under disc_objective release D's gradient of a micro-batch (hinge +
+                # the generator's GAN term) is summed before it joins the others, so splitting the
+                # global batch over ranks sums the same numbers.
+                loss = loss + objective.discriminator_loss(batch, x_hat, losses)
+            (loss / n_micro).backward()
             sums += torch.tensor([float(total.detach())] + [float(losses[n].detach()) for n in objective.names],
                                  dtype=torch.float64)
             for idx in indices:
