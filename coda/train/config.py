@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 
+from ..config import ParamsError
 from ..discriminators.dino import HEADS, VIEWS
 
 DATA_MODES = ("images", "latents")
@@ -97,7 +98,8 @@ class TrainConfig:
             return self.grad_accum
         per_round = self.batch_size * world_size
         if self.global_batch % per_round:
-            raise ValueError(f"train.global_batch {self.global_batch} is not a multiple of train.batch_size x "
+            # depends on the process count, so no schema can check it: a short message and exit 2
+            raise ParamsError(f"train.global_batch {self.global_batch} is not a multiple of train.batch_size x "
                              f"processes = {self.batch_size} x {world_size}: choose a batch_size or a number of "
                              f"processes that divides it")
         return self.global_batch // per_round
