@@ -89,13 +89,21 @@ class TokenizerLoss:
     of cached moments. ``images`` mode: encoder -> quantizer -> decoder, nll = l1 + mse + LPIPS,
     the quantizer's losses and, with a discriminator, ramp x adaptive weight x hinge GAN loss;
     ``discriminator_loss`` then trains the discriminator on the same micro-batch.
-    ``cfg``: the train settings (``coda.train.config.TrainConfig``).
+    ``cfg``: the train settings (``coda.train.config.TrainConfig``). ``cfg.disc_objective``:
+    ``release`` lets the generator's GAN term reach the discriminator's gradients too, as the
+    released loop does (D follows hinge + ramp x lambda x (-mean D(x_hat))); ``hinge`` freezes D
+    during the generator pass, so D follows the hinge loss alone.
     """
 
     def __init__(self, tokenizer, cfg, discriminator=None, lpips=None, autocast=nullcontext(), variant=None):
         self.tokenizer, self.cfg, self.disc, self.lpips, self.autocast = tokenizer, cfg, discriminator, lpips, autocast
         self.d_params = [p for p in discriminator.parameters() if p.requires_grad] if discriminator else []
         self.adaptive_target = adaptive_weight_target(tokenizer, variant) if discriminator else None
+        # The DINO discriminator's random view is drawn from a generator seeded per micro-batch, so
+        # that it does not depend on how a global batch is split over ranks.
+        self.view_rng = torch.Generator()
+        random_view = discriminator is not None and discriminator.config["kind"] == "dino"
+        self.disc_kwargs = {"generator": self.view_rng} if random_view else {}
         if cfg.data_mode == "latents":
             self.names = ["latent_mse", "vq", "entropy"]
         else:
@@ -118,8 +126,9 @@ class TokenizerLoss:
 
     def _image_loss(self, x, noise_seed, ramp):
         cfg, vae, disc, autocast = self.cfg, self.tokenizer.vae, self.disc, self.autocast
-        for p in self.d_params:  # the generator loss sends no gradient to the discriminator
-            p.requires_grad_(False)
+        self.view_rng.manual_seed(noise_seed)
+        for p in self.d_params:  # hinge: the generator loss sends no gradient to the discriminator
+            p.requires_grad_(cfg.disc_objective == "release")
         encoder_trains = any(p.requires_grad for p in vae.autoencoder.encoder.parameters())
         with autocast:
             with torch.set_grad_enabled(encoder_trains):  # a frozen encoder needs no graph
@@ -135,7 +144,7 @@ class TokenizerLoss:
         parts.update(nll=nll, vq=out.vq_loss, entropy=out.entropy_loss)
         if disc is not None:
             with autocast:
-                logits_fake = disc(x_hat).float()
+                logits_fake = disc(x_hat, **self.disc_kwargs).float()
             parts["gan_g"] = hinge_g_loss(logits_fake)
             last = (out.f_hat if self.adaptive_target == "decoder_input"
                     else adaptive_weight_layer(vae, self.adaptive_target))
@@ -149,7 +158,8 @@ class TokenizerLoss:
         for p in self.d_params:
             p.requires_grad_(True)
         with self.autocast:
-            logits_real, logits_fake = self.disc(x).float(), self.disc(x_hat.detach()).float()
+            logits_real = self.disc(x, **self.disc_kwargs).float()
+            logits_fake = self.disc(x_hat.detach(), **self.disc_kwargs).float()
         parts["d_loss"] = hinge_d_loss(logits_real, logits_fake)
         parts.update(logits_real=logits_real.mean().detach(), logits_fake=logits_fake.mean().detach())
         return parts["d_loss"]

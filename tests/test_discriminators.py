@@ -7,8 +7,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from coda.discriminators import PatchGAN, build_discriminator, check_discriminator
-from coda.discriminators.dino import VIT_S16_CONFIG, DinoDiscriminator, load_dino_backbone
+import torch.nn.functional as F
+
+from coda.discriminators import PatchGAN, build_discriminator, check_discriminator, synchronise_batchnorm
+from coda.discriminators.dino import VIT_S16_CONFIG, DinoDiscriminator, discriminator_view, load_dino_backbone
 
 TINY_VIT = dict(VIT_S16_CONFIG, hidden_size=16, num_attention_heads=2, intermediate_size=32, image_size=32)
 
@@ -134,3 +136,57 @@ def test_training_with_dino_but_no_weights_stops_before_loading_anything(tmp_pat
     with pytest.raises(FileNotFoundError, match="nowhere"):
         train(experiment, tmp_path / "no-vae", tmp_path / "out", images=tmp_path / "no-images.npy")
     assert not (tmp_path / "out").exists()
+
+
+def test_dino_view_is_a_native_crop_or_an_area_resize_half_the_time():
+    """The release's view of a larger image: a random crop at native resolution with probability
+    0.5, otherwise an ``area`` resize; one draw per call, reproducible from its generator."""
+    x = torch.randn(2, 3, 40, 40)
+    area = F.interpolate(x, size=(32, 32), mode="area")
+    generator = torch.Generator().manual_seed(0)
+    crops, offsets = 0, set()
+    for _ in range(200):
+        view = discriminator_view(x, 32, "crop_or_area", generator)
+        assert view.shape == (2, 3, 32, 32)
+        if torch.equal(view, area):
+            continue
+        found = [(t, l) for t in range(9) for l in range(9) if torch.equal(view, x[..., t:t + 32, l:l + 32])]
+        assert len(found) == 1
+        crops += 1
+        offsets.add(found[0])
+    assert 70 < crops < 130 and len(offsets) > 20
+    again = torch.Generator().manual_seed(0)
+    first = discriminator_view(x, 32, "crop_or_area", torch.Generator().manual_seed(0))
+    assert torch.equal(discriminator_view(x, 32, "crop_or_area", again), first)
+    assert torch.equal(discriminator_view(x[..., :32, :32], 32, "crop_or_area", generator), x[..., :32, :32])
+    assert torch.equal(discriminator_view(x, 32, "bilinear"),
+                       F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False))
+
+
+def test_dino_heads_release_init_and_batchnorm(tiny_dino_dir):
+    """release: head convs trunc-normal(0.02) (before spectral norm), zero bias, BatchNorm eps 1e-6,
+    SyncBatchNorm under data parallelism on GPUs; torch: PyTorch's defaults."""
+    directory, _ = tiny_dino_dir
+    torch.manual_seed(0)
+    release = build_discriminator("dino", dino_weights=directory)
+    assert release.config["view"] == "crop_or_area" and release.config["heads"] == "release"
+    convs = [m for m in release.heads.modules() if isinstance(m, nn.Conv1d)]
+    weights = torch.cat([c.parametrizations.weight.original.flatten() for c in convs])
+    assert abs(weights.std().item() - 0.02) < 1e-3 and weights.mean().abs() < 1e-3   # truncation at +-2: far out
+    assert all(torch.equal(c.bias, torch.zeros_like(c.bias)) for c in convs)
+    norms = [m for m in release.heads.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert len(norms) == 10 and all(m.eps == 1e-6 for m in norms)
+
+    torch.manual_seed(0)
+    plain = build_discriminator("dino", dino_weights=directory, dino_view="bilinear", dino_heads="torch")
+    assert all(m.eps == 1e-5 for m in plain.heads.modules() if isinstance(m, nn.BatchNorm1d))
+    plain_convs = [c for c in plain.heads.modules() if isinstance(c, nn.Conv1d)]
+    assert all(c.bias.abs().sum() > 0 for c in plain_convs)
+    assert torch.cat([c.parametrizations.weight.original.flatten() for c in plain_convs]).std() > 0.04
+
+    assert synchronise_batchnorm(release, 1, torch.device("cuda")) is release     # one process: nothing to sync
+    assert synchronise_batchnorm(plain, 2, torch.device("cuda")).config.get("batchnorm") is None
+    synced = synchronise_batchnorm(release, 2, torch.device("cuda"))
+    norms = [m for m in synced.heads.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert all(isinstance(m, nn.SyncBatchNorm) and m.eps == 1e-6 for m in norms)
+    assert synced.config["batchnorm"] == "synchronised"

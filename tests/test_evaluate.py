@@ -132,6 +132,43 @@ def test_ssim_and_psnr_order_blur_levels():
     assert (ssim_uint8(images, blur(3)) > ssim_uint8(images, blur(7))).all()
 
 
+def _matlab_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Wang et al.'s ssim_index.m by hand: 11x11 Gaussian window (sigma 1.5), 'valid' filtering,
+    K = (0.01, 0.03), L = 255, population moments; per channel, then averaged over channels."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    taps = np.exp(-np.arange(-5, 6) ** 2 / (2 * 1.5 ** 2))
+    window = np.outer(taps, taps) / np.outer(taps, taps).sum()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    values = []
+    for x, y in zip(a.astype(np.float64).transpose(2, 0, 1), b.astype(np.float64).transpose(2, 0, 1)):
+        local = lambda image: (sliding_window_view(image, (11, 11)) * window).sum((-2, -1))  # noqa: E731
+        mx, my = local(x), local(y)
+        vx, vy, cov = local(x * x) - mx ** 2, local(y * y) - my ** 2, local(x * y) - mx * my
+        ssim_map = (2 * mx * my + c1) * (2 * cov + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+        values.append(ssim_map.mean())
+    return float(np.mean(values))
+
+
+def test_ssim_is_the_release_matlab_definition():
+    """Gaussian window 11, sigma 1.5 on 255-scaled RGB, as the release computes it; skimage's
+    default 7x7 uniform window would read higher on the same pair."""
+    from skimage.metrics import structural_similarity
+
+    images = torch.from_numpy(photo_crops(2, size=32)).permute(0, 3, 1, 2)
+    noisy = (images.float() + 20 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0)))
+    noisy = noisy.round().clamp(0, 255).to(torch.uint8)
+    a, b = (t.permute(0, 2, 3, 1).numpy() for t in (images, noisy))
+    by_hand = [_matlab_ssim(x, y) for x, y in zip(a, b)]
+    assert ssim_uint8(images, noisy).tolist() == pytest.approx(by_hand, abs=1e-9)
+    uniform = [structural_similarity(x, y, data_range=255, channel_axis=-1) for x, y in zip(a, b)]
+    assert all(u - g > 0.005 for u, g in zip(uniform, by_hand))
+    # two flat images: only the luminance term remains, (2 m1 m2 + C1) / (m1^2 + m2^2 + C1)
+    flat = torch.full((1, 3, 16, 16), 100, dtype=torch.uint8)
+    c1 = (0.01 * 255) ** 2
+    assert ssim_uint8(flat, flat + 20).item() == pytest.approx((2 * 100 * 120 + c1) / (100 ** 2 + 120 ** 2 + c1))
+
+
 def test_to_uint8_rounds_and_clamps():
     assert to_uint8(torch.tensor([-2.0, -1.0, 0.0, 1.0, 3.0])).tolist() == [0, 0, 128, 255, 255]
 
@@ -205,6 +242,7 @@ def test_evaluator_counts_codes_exactly_across_uneven_batches(tmp_path):
     assert result["indices_per_image"] == 5 and result["bits_per_image"] == 15.0
     assert np.load(tmp_path / "recon.npy").shape == (3, 8, 8, 3)
     assert result["lpips_vgg"] is None and "skipped" in result["lpips_missing_reason"]
+    assert result["ssim"] is None and "smaller than the SSIM window" in result["ssim_missing_reason"]
 
 
 def test_real_tokenizer_runs_and_hashes_its_checkpoint(tmp_path):

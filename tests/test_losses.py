@@ -146,3 +146,36 @@ def test_nearest_neighbour_vq_loss_by_hand():
     code = q.codebooks.weight[torch.cdist(rows, q.codebooks.weight).argmin(1)]
     assert out.vq_loss.item() == pytest.approx(1.25 * ((code - rows) ** 2).mean().item(), rel=1e-5)
     assert out.entropy_loss.item() == 0.0
+
+
+@pytest.mark.parametrize("objective", ["release", "hinge"])
+def test_discriminator_objective_release_adds_the_generator_gan_term(objective):
+    """release: after the generator's and the discriminator's backward passes, D's gradient is that of
+    hinge + ramp x lambda x (-mean D(x_hat)) (the released loop's); hinge: of the hinge loss alone."""
+    from coda.discriminators import PatchGAN
+    from coda.tokenizer import Tokenizer
+    from coda.train.config import TrainConfig
+    from coda.vae import ContinuousVAE
+    from coda.losses import TokenizerLoss
+
+    vae = ContinuousVAE.small(seed=0, block_out_channels=[8, 8], norm_num_groups=4, latent_channels=4)
+    quantizer = build_quantizer(kind="coda", codebook_size=16, dim=4, attn_dim=8, scales=[1, 2, 4, 8])
+    tokenizer = Tokenizer(vae, quantizer, None, "sample")
+    torch.manual_seed(0)
+    disc = PatchGAN(channels=8, n_layers=2)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    loss = TokenizerLoss(tokenizer, TrainConfig(lpips_weight=0.0, disc_objective=objective), disc)
+    ramp = 0.5
+    total, parts, _, x_hat = loss(x, noise_seed=3, ramp=ramp)
+    total.backward()
+    loss.discriminator_loss(x, x_hat, parts).backward()
+    got = [p.grad for p in disc.parameters()]
+
+    params = list(disc.parameters())
+    expected = torch.autograd.grad(hinge_d_loss(disc(x), disc(x_hat.detach())), params)
+    if objective == "release":
+        generator_term = ramp * parts["adaptive_weight"] * hinge_g_loss(disc(x_hat.detach()))
+        expected = [e + g for e, g in zip(expected, torch.autograd.grad(generator_term, params))]
+    assert parts["adaptive_weight"] > 0
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-7)

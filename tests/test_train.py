@@ -290,25 +290,27 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path, tiny_vae, photo_crops):
 
 
 def test_two_processes_stay_in_sync_and_match_one_process(tmp_path, tiny_vae, photo_crops):
-    """2 ranks x 2 images vs 1 process x 2 micro-batches of 2: the same global batch of 4.
+    """One experiment with ``global_batch: 4``: 2 ranks x 2 images vs 1 process x 2 micro-batches of 2.
 
     Micro-batch m goes to rank m (or accumulation round m), the posterior noise is seeded by m,
     and the adaptive weight and BatchNorm statistics are per micro-batch in both, so the summed
     gradients -- hence all weights -- are bitwise equal. The discriminator's BatchNorm running
     statistics (never used: it always runs in train mode) are rank 0's in the 2-process run.
     """
-    two = tmp_path / "two"
+    two, experiment = tmp_path / "two", _images_experiment(batch_size=2, global_batch=4, max_steps=3)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(_runner(tmp_path)), json.dumps(_images_experiment(batch_size=2, max_steps=3)),
-               str(tiny_vae), str(two), str(photo_crops), "-1"]
+               str(_runner(tmp_path)), json.dumps(experiment), str(tiny_vae), str(two), str(photo_crops), "-1"]
     process = subprocess.Popen(command, env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    single = _run_in_process(_images_experiment(batch_size=2, grad_accum=2, max_steps=3), tiny_vae,
-                             tmp_path / "one", photo_crops)
+    single = _run_in_process(experiment, tiny_vae, tmp_path / "one", photo_crops)
     output = process.communicate(timeout=300)[0].decode()
     assert process.returncode == 0, output[-3000:]
     rank0, rank1 = (load_file(two / f"weights-rank{r}.safetensors") for r in (0, 1))
     _assert_equal(rank0, rank1)                                        # everything, buffers included
     assert json.loads((two / "run.json").read_text())["world_size"] == 2
+    for out, world, accumulation in ((two, 2, 1), (tmp_path / "one", 1, 2)):   # 16 images / 4: 4 steps per epoch
+        run = json.loads((out / "run.json").read_text())
+        assert ((run["world_size"], run["global_batch"], run["grad_accum"], run["steps_per_epoch"],
+                 run["total_steps"]) == (world, 4, accumulation, 4, 3))
     running_stats = {k for k in single if "running_" in k or "num_batches" in k}
     _assert_equal(rank0, single, sorted(set(single) - running_stats))
 

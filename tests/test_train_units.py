@@ -43,6 +43,24 @@ def test_config_unknown_key_is_named():
         TrainConfig.from_dict({"grad_accum": 0})
 
 
+def test_global_batch_sets_the_accumulation_for_any_process_count():
+    """The imagenet recipe (16 per micro-batch, 512 per step) on 1, 4 or 8 GPUs; null keeps grad_accum."""
+    from coda.config import ParamsError, experiment_config, load_params
+
+    params = load_params(Path(__file__).parents[1] / "params.yaml")
+    recipe = TrainConfig.from_dict(experiment_config({**params, "scale": "imagenet"}, "coda")["train"])
+    assert (recipe.batch_size, recipe.global_batch, recipe.epochs) == (16, 512, 10)
+    assert [recipe.accumulation(world) for world in (1, 4, 8)] == [32, 8, 4]
+    with pytest.raises(ParamsError, match=r"train.global_batch 512 is not a multiple of .* 16 x 3"):  # exit 2
+        recipe.accumulation(3)
+    assert TrainConfig(batch_size=16, grad_accum=4).accumulation(8) == 4
+    with pytest.raises(ValueError, match="global_batch"):
+        TrainConfig(global_batch=0)
+    for key, value in (("disc_objective", "wgan"), ("dino_view", "nearest"), ("dino_heads", "xavier")):
+        with pytest.raises(ValueError, match=f"invalid train.{key}.*choose from"):
+            TrainConfig.from_dict({key: value})
+
+
 def test_discriminator_auto_choice():
     assert TrainConfig().discriminator_kind == "patchgan"
     assert TrainConfig(dino_weights="/x/dino").discriminator_kind == "dino"

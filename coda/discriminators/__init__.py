@@ -1,6 +1,8 @@
 """Discriminators, chosen by name: ``patchgan`` (no pretrained weights) or ``dino`` (needs DINO ViT-S/16)."""
 from __future__ import annotations
 
+import torch
+
 from .dino import DinoDiscriminator, find_dino_weights, load_dino_backbone, missing_weights_message
 from .patchgan import PatchGAN
 
@@ -15,9 +17,24 @@ def check_discriminator(kind: str, dino_weights=None) -> None:
         raise FileNotFoundError(missing_weights_message(dino_weights))
 
 
-def build_discriminator(kind: str = "patchgan", *, dino_weights=None, channels: int = 64, n_layers: int = 3):
+def build_discriminator(kind: str = "patchgan", *, dino_weights=None, channels: int = 64, n_layers: int = 3,
+                        dino_view: str = "crop_or_area", dino_heads: str = "release"):
     """The module has a JSON-able ``config`` recording which discriminator ran."""
     check_discriminator(kind, dino_weights)
     if kind == "dino":
-        return DinoDiscriminator(load_dino_backbone(dino_weights), weights=str(dino_weights))
+        return DinoDiscriminator(load_dino_backbone(dino_weights), weights=str(dino_weights), view=dino_view,
+                                 heads=dino_heads)
     return PatchGAN(channels=channels, n_layers=n_layers)
+
+
+def synchronise_batchnorm(discriminator, world_size: int, device):
+    """The release's DINO heads synchronise BatchNorm over ranks (SyncBatchNorm, which needs CUDA).
+
+    Elsewhere each rank normalises its own micro-batches and rank 0's running statistics are
+    broadcast after each step (``coda.train.distributed.broadcast_state``).
+    """
+    config = discriminator.config
+    if config["kind"] == "dino" and config["heads"] == "release" and world_size > 1 and device.type == "cuda":
+        discriminator = torch.nn.SyncBatchNorm.convert_sync_batchnorm(discriminator)
+        config["batchnorm"] = "synchronised"
+    return discriminator

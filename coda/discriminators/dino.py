@@ -3,6 +3,7 @@
 Tokens after the patch embedding and after blocks 2, 5, 8, 11 each go to a head of spectral-norm
 Conv1d layers over the token sequence (kernel 9, circular padding, BatchNorm, LeakyReLU 0.2).
 The weights are the Hugging Face ``facebook/dino-vits16`` files, read from a local path only.
+``view`` and ``heads`` choose between the release's behaviour (the default) and plain PyTorch's.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ VIT_S16_CONFIG = {"model_type": "vit", "hidden_size": 384, "num_hidden_layers": 
                   "patch_size": 16, "num_channels": 3, "qkv_bias": True}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 BLOCKS = (2, 5, 8, 11)
+VIEWS = ("crop_or_area", "bilinear")   # how the image is brought to the ViT's 224 px
+HEADS = ("release", "torch")           # head init and BatchNorm: the release's or PyTorch's defaults
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -70,19 +73,48 @@ def load_dino_backbone(path: str | Path):
     return model.float().eval().requires_grad_(False)
 
 
-def _conv_block(channels: int, kernel: int) -> nn.Sequential:
-    conv = nn.Conv1d(channels, channels, kernel, padding=kernel // 2, padding_mode="circular")
-    return nn.Sequential(spectral_norm(conv), nn.BatchNorm1d(channels), nn.LeakyReLU(0.2, True))
+def discriminator_view(x: torch.Tensor, size: int, view: str = "crop_or_area",
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """``x`` brought to ``size`` x ``size`` for the ViT.
+
+    crop_or_area (the release): an input larger than ``size`` is, with probability 0.5, cropped at
+    a random position at native resolution, otherwise ``area``-resized; one draw per call, from
+    ``generator`` (CPU). bilinear: always a bilinear resize.
+    """
+    height, width = x.shape[-2:]
+    if view == "bilinear":
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    if (height, width) == (size, size):
+        return x
+    if height > size and width > size and float(torch.rand((), generator=generator)) < 0.5:
+        top = int(torch.randint(height - size + 1, (), generator=generator))
+        left = int(torch.randint(width - size + 1, (), generator=generator))
+        return x[..., top:top + size, left:left + size]
+    return F.interpolate(x, size=(size, size), mode="area")
+
+
+def _conv(channels_in: int, channels_out: int, kernel: int, heads: str, **kwargs) -> nn.Conv1d:
+    conv = nn.Conv1d(channels_in, channels_out, kernel, padding=kernel // 2, **kwargs)
+    if heads == "release":
+        nn.init.trunc_normal_(conv.weight, std=0.02)
+        nn.init.zeros_(conv.bias)
+    return spectral_norm(conv)
+
+
+def _conv_block(channels: int, kernel: int, heads: str) -> nn.Sequential:
+    norm = nn.BatchNorm1d(channels, eps=1e-6 if heads == "release" else 1e-5)
+    return nn.Sequential(_conv(channels, channels, kernel, heads, padding_mode="circular"), norm,
+                         nn.LeakyReLU(0.2, True))
 
 
 class TokenHead(nn.Module):
     """B x C x N tokens -> B x 1 x N logits: a 1x1 block, a residual kernel-9 block, a 1x1 classifier."""
 
-    def __init__(self, channels: int, kernel: int = 9):
+    def __init__(self, channels: int, kernel: int = 9, heads: str = "release"):
         super().__init__()
-        self.inp = _conv_block(channels, 1)
-        self.res = _conv_block(channels, kernel)
-        self.cls = spectral_norm(nn.Conv1d(channels, 1, 1))
+        self.inp = _conv_block(channels, 1, heads)
+        self.res = _conv_block(channels, kernel, heads)
+        self.cls = _conv(channels, 1, 1, heads)
 
     def forward(self, tokens):
         h = self.inp(tokens)
@@ -91,26 +123,30 @@ class TokenHead(nn.Module):
 
 
 class DinoDiscriminator(nn.Module):
-    def __init__(self, backbone, blocks: tuple[int, ...] = BLOCKS, kernel: int = 9, weights: str | None = None):
+    def __init__(self, backbone, blocks: tuple[int, ...] = BLOCKS, kernel: int = 9, weights: str | None = None,
+                 view: str = "crop_or_area", heads: str = "release"):
         super().__init__()
         if max(blocks) >= backbone.config.num_hidden_layers:
             raise ValueError(f"blocks {blocks} exceed the backbone's {backbone.config.num_hidden_layers} layers")
+        if view not in VIEWS or heads not in HEADS:
+            raise ValueError(f"DINO view {view!r} / heads {heads!r}: choose a view from {VIEWS}, heads from {HEADS}")
         self.backbone = backbone.eval().requires_grad_(False)
-        self.blocks = tuple(blocks)
-        self.heads = nn.ModuleList(TokenHead(backbone.config.hidden_size, kernel) for _ in range(len(blocks) + 1))
+        self.blocks, self.view = tuple(blocks), view
+        self.heads = nn.ModuleList(TokenHead(backbone.config.hidden_size, kernel, heads)
+                                   for _ in range(len(blocks) + 1))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.config = {"kind": "dino", "weights": str(weights) if weights else None, "blocks": list(blocks),
-                       "kernel": kernel}
+                       "kernel": kernel, "view": view, "heads": heads}
 
     def train(self, mode: bool = True):
         super().train(mode)
         self.backbone.eval()  # frozen feature network: always inference behaviour
         return self
 
-    def forward(self, x):
-        size = self.backbone.config.image_size
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    def forward(self, x, generator: torch.Generator | None = None):
+        """``generator`` draws the random view (``discriminator_view``)."""
+        x = discriminator_view(x, self.backbone.config.image_size, self.view, generator)
         x = ((x + 1) / 2 - self.mean) / self.std
         hidden = self.backbone(pixel_values=x, output_hidden_states=True).hidden_states
         features = [hidden[0]] + [hidden[b + 1] for b in self.blocks]  # hidden[i + 1]: after block i

@@ -18,7 +18,7 @@ from coda.files import atomic_path, directory_sha256, file_sha256, library_versi
 
 from .frechet import (INCEPTION_EXTRACTOR, PairedFrechet, build_extractor,
                       resolve_inception_weights)
-from .metrics import (PSNR_CAP_DB, SSIM_IMPLEMENTATION, CodeUsage, RunningMean, bits_per_image,
+from .metrics import (PSNR_CAP_DB, SSIM_IMPLEMENTATION, SSIM_WINDOW, CodeUsage, RunningMean, bits_per_image,
                       psnr_uint8, ssim_uint8, to_uint8, uint8_to_unit)
 
 LPIPS_NETS = ("vgg", "alex")
@@ -132,6 +132,9 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
         return reconstruction, output.indices
 
     psnr, ssim = RunningMean(), RunningMean()
+    height, width = images.shape[1:3]
+    ssim_reason = (None if min(height, width) >= SSIM_WINDOW else
+                   f"images of {height}x{width} px are smaller than the SSIM window ({SSIM_WINDOW}x{SSIM_WINDOW})")
     skipped = (None, "skipped (perceptual=False)")
     lpips_models, lpips_reason = _lpips_models(device) if perceptual else ({}, skipped[1])
     lpips_means = {net: RunningMean() for net in lpips_models}
@@ -150,7 +153,8 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
                 output, indices = reconstruct(uint8_to_unit(reference))
                 output = to_uint8(output)
                 psnr.update(psnr_uint8(reference, output))
-                ssim.update(ssim_uint8(reference, output))
+                if ssim_reason is None:
+                    ssim.update(ssim_uint8(reference, output))
                 for net, model_lpips in lpips_models.items():
                     lpips_means[net].update(model_lpips(uint8_to_unit(reference), uint8_to_unit(output)).flatten())
                 for frechet in (vgg, inception):
@@ -175,7 +179,7 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
         "rfid_weights": {k: v for k, v in inception_info.items() if k != "missing_reason"} or None,
         "rfid_official_weights": inception_info.get("official", False),
         "rfd_vgg16": rfd_vgg, "rfd_vgg16_missing_reason": rfd_reason,
-        "psnr": psnr.value, "ssim": ssim.value,
+        "psnr": psnr.value, "ssim": ssim.value, "ssim_missing_reason": ssim_reason,
         "lpips_vgg": lpips_means["vgg"].value if lpips_means else None,
         "lpips_alex": lpips_means["alex"].value if lpips_means else None,
         "lpips_missing_reason": lpips_reason,

@@ -11,8 +11,11 @@ from skimage.metrics import structural_similarity
 
 # PSNR of two identical images is infinite; a finite cap keeps averages and JSON numeric.
 PSNR_CAP_DB = 100.0
+# The release's SSIM: MATLAB-style (Wang et al.), Gaussian window 11, sigma 1.5, population covariances.
+SSIM_WINDOW = 11
 SSIM_IMPLEMENTATION = ("skimage.metrics.structural_similarity(data_range=255, channel_axis=-1, "
-                       "win_size=7, uniform window), on uint8 RGB, per image, averaged")
+                       "gaussian_weights=True, sigma=1.5, use_sample_covariance=False): MATLAB-style "
+                       "11x11 Gaussian window, on uint8 RGB, per image, averaged")
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -33,10 +36,11 @@ def psnr_uint8(reference: torch.Tensor, test: torch.Tensor, cap_db: float = PSNR
 
 
 def ssim_uint8(reference: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
-    """Per-image SSIM of uint8 B x 3 x H x W tensors (see ``SSIM_IMPLEMENTATION``)."""
+    """Per-image SSIM of uint8 B x 3 x H x W tensors (see ``SSIM_IMPLEMENTATION``), at least 11 px a side."""
     ref = reference.permute(0, 2, 3, 1).cpu().numpy()
     tst = test.permute(0, 2, 3, 1).cpu().numpy()
-    return torch.tensor([structural_similarity(a, b, data_range=255, channel_axis=-1)
+    return torch.tensor([structural_similarity(a, b, data_range=255, channel_axis=-1, gaussian_weights=True,
+                                               sigma=1.5, use_sample_covariance=False)
                          for a, b in zip(ref, tst)], dtype=torch.float64)
 
 

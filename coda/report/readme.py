@@ -32,7 +32,7 @@ def not_computed(metrics: dict[str, dict]) -> list[str]:
     grouped: dict[tuple[str, str], list[str]] = {}
     for name, m in metrics.items():
         for metric, reason_key in (("rFID", "rfid_missing_reason"), ("rFD-VGG16", "rfd_vgg16_missing_reason"),
-                                   ("LPIPS", "lpips_missing_reason")):
+                                   ("LPIPS", "lpips_missing_reason"), ("SSIM", "ssim_missing_reason")):
             if m.get(reason_key):
                 grouped.setdefault((f"{metric} not computed", m[reason_key]), []).append(name)
         if m.get("rfid") is not None and not m.get("rfid_official_weights"):

@@ -10,8 +10,12 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 
+from ..config import ParamsError
+from ..discriminators.dino import HEADS, VIEWS
+
 DATA_MODES = ("images", "latents")
 DISCRIMINATORS = ("auto", "patchgan", "dino")
+DISC_OBJECTIVES = ("release", "hinge")
 
 
 def resumable(default):
@@ -23,7 +27,10 @@ class TrainConfig:
     # data and length
     data_mode: str = "images"           # images: encoder -> quantizer -> decoder; latents: cached posteriors
     batch_size: int = 16                # per process and micro-batch
-    grad_accum: int = 4                 # micro-batches per optimizer step
+    grad_accum: int = 4                 # micro-batches per optimizer step (when global_batch is null)
+    global_batch: int | None = None     # images per optimizer step over all processes: accumulation
+                                        # = global_batch / (batch_size x processes); null: batch_size
+                                        # x grad_accum x processes
     epochs: float = 10                  # run length when max_steps is unset
     max_steps: int | None = None        # overrides epochs
     seed: int = 42
@@ -49,6 +56,9 @@ class TrainConfig:
     dino_weights: str | None = None     # facebook/dino-vits16 directory or model.safetensors
     patchgan_channels: int = 64
     patchgan_layers: int = 3
+    disc_objective: str = "release"     # release: D's gradients also get the generator's GAN term; hinge alone
+    dino_view: str = "crop_or_area"     # release: random 224 crop or area resize, 50/50; bilinear: resize
+    dino_heads: str = "release"         # release: trunc-normal(0.02) init, BatchNorm eps 1e-6, synced; torch
     # bookkeeping
     checkpoint_every: int = resumable(1000)
     keep_checkpoints: int = resumable(2)     # the newest ones kept: a damaged last one costs one interval
@@ -65,10 +75,12 @@ class TrainConfig:
     def __post_init__(self):
         # params.yaml is checked by the schema; these guard direct callers of train() too.
         self.betas = tuple(self.betas)
-        choices = {"data_mode": DATA_MODES, "discriminator": DISCRIMINATORS}
-        checks = {
-            "data_mode": self.data_mode in DATA_MODES, "discriminator": self.discriminator in DISCRIMINATORS,
+        choices = {"data_mode": DATA_MODES, "discriminator": DISCRIMINATORS, "disc_objective": DISC_OBJECTIVES,
+                   "dino_view": VIEWS, "dino_heads": HEADS}
+        checks = {key: getattr(self, key) in allowed for key, allowed in choices.items()}
+        checks |= {
             "batch_size": self.batch_size >= 1, "grad_accum": self.grad_accum >= 1,
+            "global_batch": self.global_batch is None or self.global_batch >= 1,
             "checkpoint_every": self.checkpoint_every >= 1,
             "keep_checkpoints": self.keep_checkpoints >= 1,
             "max_steps": self.max_steps is None or self.max_steps >= 1,
@@ -79,6 +91,18 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"invalid train.{key}: {getattr(self, key)!r}"
                                  + (f" (choose from {choices[key]})" if key in choices else ""))
+
+    def accumulation(self, world_size: int) -> int:
+        """Micro-batches per optimizer step on each of ``world_size`` processes."""
+        if self.global_batch is None:
+            return self.grad_accum
+        per_round = self.batch_size * world_size
+        if self.global_batch % per_round:
+            # depends on the process count, so no schema can check it: a short message and exit 2
+            raise ParamsError(f"train.global_batch {self.global_batch} is not a multiple of train.batch_size x "
+                             f"processes = {self.batch_size} x {world_size}: choose a batch_size or a number of "
+                             f"processes that divides it")
+        return self.global_batch // per_round
 
     @property
     def discriminator_kind(self) -> str:

@@ -7,6 +7,7 @@ full generator loss, and a discriminator step on the same micro-batch. The losse
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..discriminators import build_discriminator
+from ..discriminators import build_discriminator, synchronise_batchnorm
 from ..ema import EMA
 from ..losses import LPIPSLoss, TokenizerLoss, gan_ramp
 from . import distributed
@@ -59,6 +60,9 @@ def fit(cfg: TrainConfig, experiment: dict, vae_dir, out_dir, dataset, info, *, 
         torch.backends.cudnn.allow_tf32 = cfg.tf32
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    # The recipe fixes the global batch (train.global_batch), so the accumulation follows from the
+    # number of processes and 1, 4 or 8 GPUs run the same steps; ``experiment`` keeps the setting.
+    cfg = dataclasses.replace(cfg, grad_accum=cfg.accumulation(info.world_size))
     global_batch = cfg.batch_size * cfg.grad_accum * info.world_size
     steps_per_epoch = len(dataset) // global_batch
     if steps_per_epoch == 0:
@@ -73,7 +77,9 @@ def fit(cfg: TrainConfig, experiment: dict, vae_dir, out_dir, dataset, info, *, 
     disc = lpips = None
     if images and cfg.gan_weight > 0:
         disc = build_discriminator(cfg.discriminator_kind, dino_weights=cfg.dino_weights,
-                                   channels=cfg.patchgan_channels, n_layers=cfg.patchgan_layers).to(device).train()
+                                   channels=cfg.patchgan_channels, n_layers=cfg.patchgan_layers,
+                                   dino_view=cfg.dino_view, dino_heads=cfg.dino_heads)
+        disc = synchronise_batchnorm(disc, info.world_size, device).to(device).train()
     if images and cfg.lpips_weight > 0:
         lpips = LPIPSLoss(cfg.lpips_net).to(device)
     for module in (tokenizer.vae, disc, lpips):
@@ -112,7 +118,8 @@ def fit(cfg: TrainConfig, experiment: dict, vae_dir, out_dir, dataset, info, *, 
             "adaptive_weight_target": objective.adaptive_target,
             "lpips": cfg.lpips_net if lpips is not None else None,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "world_size": info.world_size, "global_batch": global_batch, "steps_per_epoch": steps_per_epoch,
+            "world_size": info.world_size, "global_batch": global_batch, "grad_accum": cfg.grad_accum,
+            "steps_per_epoch": steps_per_epoch,
             "total_steps": total_steps, "vae_dir": str(vae_dir), "data": data}, start_step)
 
     # --- the loop
@@ -136,9 +143,13 @@ def fit(cfg: TrainConfig, experiment: dict, vae_dir, out_dir, dataset, info, *, 
             batch = next(stream)
             total, losses, indices, x_hat = objective(batch, mix_seeds(cfg.seed, step, k * info.world_size + info.rank),
                                                       ramp)
-            (total / n_micro).backward()
+            loss = total
             if disc is not None:  # discriminator step on the same micro-batch
-                (objective.discriminator_loss(batch, x_hat, losses) / n_micro).backward()
+                # One backward: under disc_objective release D's gradient of a micro-batch (hinge +
+                # the generator's GAN term) is summed before it joins the others, so splitting the
+                # global batch over ranks sums the same numbers.
+                loss = loss + objective.discriminator_loss(batch, x_hat, losses)
+            (loss / n_micro).backward()
             sums += torch.tensor([float(total.detach())] + [float(losses[n].detach()) for n in objective.names],
                                  dtype=torch.float64)
             for idx in indices:
