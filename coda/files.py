@@ -67,7 +67,10 @@ def reading(path: str | os.PathLike, what: str, remedy: str) -> Iterator[None]:
     except FileNotFoundError:
         raise
     except (OSError, ValueError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError, SafetensorError) as error:
-        detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        if isinstance(error, pickle.UnpicklingError):  # torch.load(weights_only=True) refused a global
+            detail = "it holds Python objects beyond tensors, which weights_only=True loading refuses"
+        else:
+            detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise UnreadableFileError(f"{path} is not a readable {what} ({detail}); {remedy}") from error
 
 
