@@ -254,8 +254,9 @@ def test_progressive_rows_are_the_decodes_from_the_first_scales(tmp_path):
     assert rows[0]["psnr"] != rows[-1]["psnr"]
     assert evaluate_tokenizer(tokenizer, None, val, batch_size=2, device="cpu", perceptual=False)["progressive"] is None
     assert progressive_scales("all", 3) == [1, 2, 3] and progressive_scales("none", 3) == []
-    with pytest.raises(ValueError, match="evaluate.progressive"):
-        progressive_scales([0, 2], 3)
+    for bad in ([0, 2], "some", 3):
+        with pytest.raises(ValueError, match="evaluate.progressive"):
+            progressive_scales(bad, 3)
 
 
 # ---- rFID --------------------------------------------------------------------------------------

@@ -92,8 +92,8 @@ def progressive_scales(setting, num_scales: int) -> list[int]:
         return []
     if setting == "all":
         return list(range(1, num_scales + 1))
-    if isinstance(setting, (str, bytes)) or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1
-                                                    for k in setting):
+    if not isinstance(setting, (list, tuple)) or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1
+                                                         for k in setting):
         raise ValueError(f"evaluate.progressive must be all, none or a list of positive integers, got {setting!r}")
     return sorted({min(k, num_scales) for k in setting} | {num_scales})
 
