@@ -156,7 +156,7 @@ def cmd_evaluate(args, params) -> None:
         inception_weights=settings.get("inception_weights"), posterior=posterior, seed=settings.get("seed", 0),
         recon_samples_out=out / SAMPLES_FILE, num_recon_samples=cfg.get("reconstructions", 8),
         code_counts_out=out / COUNTS_FILE if tokenizer is not None else None,
-        max_images=cfg.get("max_images"),
+        max_images=cfg.get("max_images"), progressive=settings.get("progressive", "none"),
         meta={"experiment": args.experiment, "dataset": meta.get("dataset"), "crop": meta.get("crop"),
               "ema": ema, "method": method, "checkpoint": checkpoint, "vae": vae_label})
 

@@ -32,7 +32,8 @@ def _describe(error: ValidationError) -> str:
     if error.validator == "enum":
         return f"{where}: {error.instance!r} is not allowed; choose one of {error.validator_value}"
     if error.validator == "oneOf" and error.context:
-        return f"{where}: {error.instance!r} must be null or a mapping ({error.context[-1].message})"
+        allowed = error.schema.get("description", "null or a mapping")  # a oneOf says what it allows
+        return f"{where}: {error.instance!r} must be {allowed} ({error.context[-1].message})"
     return f"{where}: {error.message}"
 
 

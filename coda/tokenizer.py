@@ -149,9 +149,10 @@ class Tokenizer(nn.Module, ModelHubMixin, library_name="coda", license="apache-2
         return self.quantize(images, generator).indices
 
     @torch.no_grad()
-    def decode(self, indices: list[torch.Tensor]) -> torch.Tensor:
-        """Per-scale index maps -> images in (about) [-1, 1]."""
-        return self.vae.decode(self.quantizer.indices_to_latent(indices))
+    def decode(self, indices: list[torch.Tensor], scales: int | None = None) -> torch.Tensor:
+        """Per-scale index maps -> images in (about) [-1, 1]. ``scales`` k decodes from the first k
+        scales only: the multi-scale residual code is progressive (coarser image, fewer bits)."""
+        return self.vae.decode(self.quantizer.indices_to_latent(indices, scales))
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

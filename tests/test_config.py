@@ -37,6 +37,8 @@ def test_the_shipped_params_are_valid():
     ("scale", "huge", "scale: 'huge' is not one of the defined scales"),
     ("pipeline.experiments", ["coda", "nope"], "pipeline.experiments: 'nope' is not a block of `experiments`"),
     ("experiments.coda.lora", {"rank": 4, "where": "encoder"}, "experiments.coda.lora"),
+    ("evaluate.progressive", [1, 1], "evaluate.progressive: [1, 1] must be all, none or a list of distinct positive"),
+    ("evaluate.progressive", "some", "evaluate.progressive: 'some' must be all, none or a list"),
 ])
 def test_bad_values_name_the_key_and_what_is_allowed(path, value, message):
     with pytest.raises(ParamsError) as err:

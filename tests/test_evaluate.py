@@ -264,6 +264,39 @@ def test_real_tokenizer_runs_and_hashes_its_checkpoint(tmp_path):
     assert result["quantizer_kind"] == "coda" and result["lora"] is None
 
 
+def test_progressive_rows_are_the_decodes_from_the_first_scales(tmp_path):
+    """Per k: the metrics of decode(indices, scales=k), in the same streamed pass; k = all is the
+    main row."""
+    from coda.evaluation.evaluate import progressive_scales
+    from coda.quantizers import build_quantizer
+    from coda.tokenizer import Tokenizer
+    from coda.vae import ContinuousVAE
+
+    tokenizer = Tokenizer(ContinuousVAE.small(seed=0), build_quantizer(kind="coda", codebook_size=32, dim=16,
+                                                                       scales=[1, 2, 4]), posterior="mean")
+    val = tmp_path / "val.npy"
+    np.save(val, photo_crops(3, size=32))
+    result = evaluate_tokenizer(tokenizer, None, val, batch_size=2, device="cpu", progressive=[1, 2, 9])
+    rows = result["progressive"]
+    assert [r["scales"] for r in rows] == [1, 2, 3]  # 9 > 3 scales means all of them
+    assert [r["indices_per_image"] for r in rows] == [1, 5, 21]
+    assert [r["bits_per_image"] for r in rows] == [5, 25, 105]
+    assert {key: rows[-1][key] for key in ("psnr", "lpips_vgg", "rfd_vgg16", "bits_per_image")} == \
+        {key: result[key] for key in ("psnr", "lpips_vgg", "rfd_vgg16", "bits_per_image")}
+    reference = torch.from_numpy(np.load(val)).permute(0, 3, 1, 2)
+    batches = [tokenizer.encode(reference[i:i + 2].float() / 127.5 - 1) for i in (0, 2)]  # as evaluated
+    for row in rows[:-1]:
+        decoded = torch.cat([to_uint8(tokenizer.decode(indices, scales=row["scales"])) for indices in batches])
+        assert row["psnr"] == pytest.approx(float(psnr_uint8(reference, decoded).mean()), abs=1e-9)
+        assert 0 < row["lpips_vgg"] and row["rfd_vgg16"] >= 0
+    assert rows[0]["psnr"] != rows[-1]["psnr"]
+    assert evaluate_tokenizer(tokenizer, None, val, batch_size=2, device="cpu", perceptual=False)["progressive"] is None
+    assert progressive_scales("all", 3) == [1, 2, 3] and progressive_scales("none", 3) == []
+    for bad in ([0, 2], "some", 3):
+        with pytest.raises(ValueError, match="evaluate.progressive"):
+            progressive_scales(bad, 3)
+
+
 # ---- rFID --------------------------------------------------------------------------------------
 
 def test_rfid_path_runs_with_test_only_weights_and_says_so(val_npy, test_only_inception_weights, tmp_path):

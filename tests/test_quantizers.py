@@ -58,6 +58,26 @@ def test_indices_to_latent_is_bitwise_forward(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_decode_from_first_scales_is_the_partial_sum(kind):
+    """scales=k: the sum of the first k scales' code values, each bicubic-upsampled to the latent."""
+    q = _small(kind)
+    z = _latent(q, batch=3)
+    out = q(z)
+    values, side = q.code_values(), q.latent_size
+    manual = torch.zeros_like(z)
+    for k, (scale, idx) in enumerate(zip(q.scales, out.indices), start=1):
+        code_map = values[idx.reshape(-1)].reshape(3, scale, scale, -1).permute(0, 3, 1, 2)
+        manual = manual + (code_map if scale == side else torch.nn.functional.interpolate(
+            code_map, size=(side, side), mode="bicubic", align_corners=False))
+        torch.testing.assert_close(q.indices_to_latent(out.indices, scales=k), manual, rtol=0, atol=1e-6)
+        assert torch.equal(q.indices_to_latent(out.indices[:k], scales=k), q.indices_to_latent(out.indices, scales=k))
+    assert torch.equal(q.indices_to_latent(out.indices, scales=len(q.scales)), out.f_hat)
+    for bad in (0, len(q.scales) + 1):
+        with pytest.raises(ValueError, match="scales"):
+            q.indices_to_latent(out.indices, scales=bad)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_gradients_reach_input_and_codebook(kind):
     q = _small(kind)
     z = _latent(q).requires_grad_(True)

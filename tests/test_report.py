@@ -41,7 +41,10 @@ def inputs(tmp_path):
              "coda": metrics_file(rfid=3.0, official=True),
              "ablate_vq": metrics_file(rfid=9.0, official=False,  # test-only weights: kept out of the tables
                                        rfid_weights={"warning": "NOT the official weights"}),
-             "ablate_rvq": metrics_file()}
+             "ablate_rvq": metrics_file(progressive=[  # per-k rows, as the evaluate stage writes them
+                 {"scales": k, "indices_per_image": n, "bits_per_image": 6.0 * n, "psnr": psnr, "lpips_vgg": lp,
+                  "rfd_vgg16": fd} for k, n, psnr, lp, fd in
+                 [(1, 1, 14.0, 0.6, 40.0), (2, 5, 17.5, 0.45, 25.0), (4, 85, 24.0, 0.2, 12.5)]])}
     metrics = {}
     for name, data in files.items():
         metrics[name] = metrics_dir / f"{name}.json"
@@ -88,7 +91,7 @@ def test_report_tables_figures_and_readme(inputs, tmp_path):
     assert ablation["rfid_computed"].isna().tolist() == [True, True, True, False]
     assert ablation["psnr_computed"].isna().tolist() == [False, False, True, False]  # ablate_attn not run
 
-    for key in ("grid", "usage", "curves"):
+    for key in ("grid", "usage", "curves", "rate_distortion"):
         with Image.open(written[key]) as image:
             image.verify()
             assert image.format == "PNG"
@@ -98,6 +101,8 @@ def test_report_tables_figures_and_readme(inputs, tmp_path):
     text = (out / "README.md").read_text()
     assert "Inception-v3 weights not available offline" in text and "NOT the official weights" in text
     assert "`ablate_attn`" in text and "demo-photos" in text and "`abababababab`" in text
+    assert "![rate-distortion](figures/rate_distortion.png)" in text
+    assert "| ablate_rvq | 2 | 5 | 30 | 17.50 | 0.450 | 25.00 |" in text
 
     # DVC's view: numbers only, one file per experiment; the whole record is provenance, not a metric
     numbers = {path.stem: json.loads(path.read_text()) for path in (out / "metrics").glob("*.json")}
@@ -106,6 +111,8 @@ def test_report_tables_figures_and_readme(inputs, tmp_path):
     assert numbers["coda"]["rfid"] == 3.0 and "rfid" not in numbers["ablate_vq"]  # test-only weights
     assert "codebook_utilization" not in numbers["vae"] and numbers["coda"]["psnr"] == 24.0
     assert json.loads((out / "provenance" / "coda.json").read_text())["checkpoint_sha256"] == "ab" * 32
+    assert "progressive" not in numbers["ablate_rvq"]  # per-k rows are provenance, not DVC metrics
+    assert len(json.loads((out / "provenance" / "ablate_rvq.json").read_text())["progressive"]) == 3
     assert (out / "curves" / "coda.tsv").read_text() == inputs["logs"]["coda"].read_text()
 
 

@@ -34,6 +34,16 @@ def test_decode_of_encode_equals_reconstruct(kind):
     assert recon.shape == x.shape
 
 
+def test_progressive_decode():
+    """decode(indices, scales=k) decodes the first k scales' partial sum; k = all is decode(indices)."""
+    tok = small_tokenizer("coda")
+    indices = tok.encode(torch.rand(2, 3, 16, 16) * 2 - 1, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(tok.decode(indices, scales=len(indices)), tok.decode(indices))
+    coarse = tok.decode(indices, scales=2)
+    assert torch.equal(coarse, tok.vae.decode(tok.quantizer.indices_to_latent(indices[:2], scales=2)))
+    assert coarse.shape == (2, 3, 16, 16) and not torch.equal(coarse, tok.decode(indices))
+
+
 def test_posterior_mean_is_deterministic_and_sample_is_not():
     x = torch.rand(1, 3, 16, 16) * 2 - 1
     mean_tok = small_tokenizer(posterior="mean")

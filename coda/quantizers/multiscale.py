@@ -95,12 +95,22 @@ def residual_quantize(z: Tensor, scales: Sequence[int], channels: int,
     return QuantizerOutput(f_hat, indices, torch.stack(vq_losses).mean(), torch.stack(entropy_losses).mean())
 
 
-def residual_decode(indices: Sequence[Tensor], scales: Sequence[int], code_values: Tensor) -> Tensor:
-    """Sum of the upsampled code values: bitwise the f_hat of residual_quantize."""
-    if len(indices) != len(scales):
-        raise ValueError(f"expected {len(scales)} index maps (one per scale {list(scales)}), got {len(indices)}")
+def residual_decode(indices: Sequence[Tensor], scales: Sequence[int], code_values: Tensor,
+                    num_scales: int | None = None) -> Tensor:
+    """Sum of the upsampled code values: bitwise the f_hat of residual_quantize.
+
+    ``num_scales`` k sums only the first k scales (each is upsampled to the full latent, so this is
+    the f_hat residual_quantize holds after k scales): the progressive, coarser decode. ``indices``
+    then holds at least the first k maps."""
+    k = len(scales) if num_scales is None else check_int("scales", num_scales, 1)
+    if k > len(scales):
+        raise ValueError(f"scales={k}: the quantizer has only {len(scales)} scales {list(scales)}")
+    if not k <= len(indices) <= len(scales):
+        expected = f"{len(scales)}" if k == len(scales) else f"{k} to {len(scales)}"
+        raise ValueError(f"expected {expected} index maps (one per scale {list(scales)}), got {len(indices)}")
     batch, codebook_size = indices[0].shape[0], code_values.shape[0]
-    for side, idx in zip(scales, indices):
+    used = list(zip(scales[:k], indices[:k]))
+    for side, idx in used:
         if tuple(idx.shape) != (batch, side, side):
             raise ValueError(f"index map for scale {side} must be {batch} x {side} x {side}, got {tuple(idx.shape)}")
         if idx.numel() and (idx.min() < 0 or idx.max() >= codebook_size):
@@ -108,7 +118,7 @@ def residual_decode(indices: Sequence[Tensor], scales: Sequence[int], code_value
                              f"got [{int(idx.min())}, {int(idx.max())}]")
     side_out = scales[-1]
     f_hat = code_values.new_zeros(batch, code_values.shape[1], side_out, side_out)
-    for side, idx in zip(scales, indices):
+    for side, idx in used:
         f_hat, _ = _add_scale(f_hat, code_values.index_select(0, idx.reshape(-1).to(code_values.device)), side)
     return f_hat
 
@@ -181,6 +191,7 @@ class MultiScaleQuantizer(nn.Module):
         """What the decoder receives for each code (fp32)."""
         return self.codebooks.weight.float()
 
-    def indices_to_latent(self, indices: list[Tensor]) -> Tensor:
-        """Decode per-scale index maps; bitwise equal to forward's f_hat."""
-        return residual_decode(indices, self.scales, self.code_values())
+    def indices_to_latent(self, indices: list[Tensor], scales: int | None = None) -> Tensor:
+        """Decode per-scale index maps; bitwise equal to forward's f_hat. ``scales`` k: from the
+        first k scales only (a coarser latent at fewer bits)."""
+        return residual_decode(indices, self.scales, self.code_values(), scales)

@@ -10,7 +10,8 @@ from coda.files import write_json, write_text
 from . import figures, readme, tables
 
 ORIGINAL = "original"  # key of recon_samples that holds the validation images themselves
-FIGURE_NAMES = {"grid": "reconstructions.png", "usage": "code_usage.png", "curves": "training_curves.png"}
+FIGURE_NAMES = {"grid": "reconstructions.png", "usage": "code_usage.png", "curves": "training_curves.png",
+                "rate_distortion": "rate_distortion.png"}
 GRID_COLUMNS = 8  # reconstructions shown per row
 
 
@@ -67,6 +68,7 @@ def build_report(metrics_files: dict, reported_csv, out_dir, experiments_meta: d
         _grid_rows(metrics, recon_samples, order, GRID_COLUMNS), figure_dir / FIGURE_NAMES["grid"], GRID_COLUMNS)
     written["usage"] = figures.code_usage(metrics, counts, figure_dir / FIGURE_NAMES["usage"])
     written["curves"] = figures.training_curves(train_logs or {}, figure_dir / FIGURE_NAMES["curves"])
+    written["rate_distortion"] = figures.rate_distortion(metrics, figure_dir / FIGURE_NAMES["rate_distortion"])
 
     for name, record in metrics.items():
         write_json(out_dir / "metrics" / f"{name}.json", tables.compared_numbers(record))

@@ -1,4 +1,4 @@
-"""PNG figures: reconstruction grid, code usage per scale, training curves.
+"""PNG figures: reconstruction grid, code usage per scale, training curves, rate-distortion.
 
 Built on matplotlib's object API with the Agg canvas, so no global backend (and no display) is
 involved. A figure without data still becomes a PNG that says what is missing.
@@ -110,4 +110,31 @@ def training_curves(train_logs: dict[str, Path], path: Path, max_panels: int = 6
     for axes in panels[len(quantities):]:
         axes.set_axis_off()
     figure.suptitle("Training curves (train_log.tsv)")
+    return _save(figure, path)
+
+
+RATE_DISTORTION_PANELS = [("psnr", "PSNR (dB), higher is better"), ("lpips_vgg", "LPIPS-vgg, lower is better"),
+                          ("rfd_vgg16", "rFD-VGG16, lower is better")]
+
+
+def rate_distortion(metrics: dict[str, dict], path: Path) -> Path:
+    """Quality against bits per image: one line per experiment through its decodes from the first
+    k scales (the evaluate stage's ``progressive`` rows), the continuous VAE as a horizontal line."""
+    curves = {name: m.get("progressive") or [m] for name, m in metrics.items() if m.get("bits_per_image")}
+    ceilings = {name: m for name, m in metrics.items() if m.get("kind") == "continuous_vae"}
+    if not curves:
+        return missing_data_figure(path, "Rate-distortion", "no metrics file of a tokenizer (bits per image)")
+    figure = Figure(figsize=(15, 4.5), layout="constrained")
+    for axes, (key, label) in zip(figure.subplots(1, len(RATE_DISTORTION_PANELS)), RATE_DISTORTION_PANELS):
+        for name, rows in curves.items():
+            points = [(row["bits_per_image"], row[key]) for row in rows if row.get(key) is not None]
+            if points:
+                axes.plot(*zip(*points), marker="o", label=name)
+        for name, ceiling in ceilings.items():
+            if ceiling.get(key) is not None:
+                axes.axhline(ceiling[key], color="black", linestyle="--", linewidth=1, label=f"{name} (ceiling)")
+        axes.set(xscale="log", xlabel="bits per image (indices x log2 codebook size, log scale)", ylabel=label)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    figure.suptitle("Rate-distortion: decoding from the first k scales of the residual code")
     return _save(figure, path)
