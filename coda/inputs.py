@@ -72,8 +72,9 @@ def external_inputs(params: dict) -> list[ExternalInput]:
                                             "download the authors' released files"))
             continue
         train = config.get("train", {})
-        dino = train.get("discriminator") == "dino" or train.get("dino_weights")
-        if dino and train.get("data_mode", "images") == "images":
+        kind = train.get("discriminator", "auto")
+        dino = kind == "dino" or (kind == "auto" and train.get("dino_weights"))
+        if dino and train.get("data_mode", "images") == "images" and train.get("gan_weight", 1.0) > 0:
             where = train.get("dino_weights")
             needed.append(ExternalInput(where or "(not set)", f"DINO ViT-S/16 weights for the discriminator "
                                         f"(experiments.{experiment}.train.dino_weights)",

@@ -21,7 +21,6 @@ def test_demo_scale_needs_nothing_from_outside():
 
 def test_paper_scale_without_downloads_lists_every_missing_file(paper):
     paper["evaluate"]["inception_weights"] = "weights/inception.pth"
-    paper["experiments"]["coda"]["train"] = {"discriminator": "dino", "dino_weights": "weights/dino-vits16"}
     paper["pipeline"]["experiments"].append("released")
     with pytest.raises(MissingInputsError) as error:
         check_external_inputs(paper)
@@ -33,11 +32,19 @@ def test_paper_scale_without_downloads_lists_every_missing_file(paper):
     assert message.startswith("7 external input(s)")
 
 
+def test_paper_scale_refuses_to_start_without_dino_unless_patchgan_is_chosen(paper):
+    missing = [i.location for i in external_inputs(paper) if not i.available()]
+    assert "weights/dino-vits16" in missing  # the paper's discriminator, never a silent PatchGAN
+    paper["scales"]["imagenet"]["experiment"]["train"]["discriminator"] = "patchgan"
+    assert "weights/dino-vits16" not in [i.location for i in external_inputs(paper)]
+
+
 def test_present_inputs_pass(paper, tmp_path):
     (tmp_path / "data/imagenet/train").mkdir(parents=True)
     (tmp_path / "data/imagenet/val").mkdir(parents=True)
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights/kl16.safetensors").write_bytes(b"")
+    (tmp_path / "weights/dino-vits16").mkdir()
     check_external_inputs(paper)
 
 

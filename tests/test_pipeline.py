@@ -212,7 +212,7 @@ def test_a_fresh_clone_with_committed_results_runs_the_whole_pipeline(tmp_path):
 def test_paper_scale_without_downloads_is_refused_before_any_job(tmp_path):
     """Both engines stop in seconds, before the first job, naming every missing external input."""
     work = pipeline_copy(tmp_path, "imagenet")
-    missing = ["data/imagenet/train", "data/imagenet/val", "weights/kl16.safetensors"]
+    missing = ["data/imagenet/train", "data/imagenet/val", "weights/kl16.safetensors", "weights/dino-vits16"]
     snakemake = run([str(BIN / "snakemake"), "--cores", "1", "results/table1.csv"], work, check=False, timeout=120)
     assert snakemake.returncode != 0 and all(m in snakemake.stderr for m in missing), snakemake.stderr[-2000:]
     assert "Traceback" not in snakemake.stderr
