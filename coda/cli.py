@@ -176,8 +176,7 @@ def cmd_report(args, params) -> None:
         recon_samples={"original": Path(args.prepared) / "val.npy",
                        **{n: evaluated / n / SAMPLES_FILE for n in ["vae", *names]}},
         code_counts={n: evaluated / n / COUNTS_FILE for n in names})
-    # The scale's own record of what results/ was made from. It also makes a fresh clone rebuild the
-    # report: Snakemake takes a committed, present results/table1.csv as up to date otherwise.
+    # The scale's own record of what results/ was made from (results/ holds the last scale's report).
     write_json(args.record, {"scale": params["scale"], "experiments": names,
                              "from": {n: file_sha256(p) for n, p in metrics.items() if p.is_file()},
                              "wrote": {k: file_sha256(p) for k, p in written.items()}})

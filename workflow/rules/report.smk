@@ -16,7 +16,7 @@ rule report:
         metrics=directory("results/metrics"),
         provenance=directory("results/provenance"),
         curves=directory("results/curves"),
-        record=f"{WORK}/report.json",  # not committed: a fresh clone's results/ are rebuilt, not taken as done
+        record=f"{WORK}/report.json",  # what results/ was made from, kept in the scale's own tree
     params: values=tracked("report")
     log: f"{LOGS}/report.log"
     conda: "../envs/coda.yaml"
