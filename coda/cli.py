@@ -163,23 +163,17 @@ def cmd_evaluate(args, params) -> None:
 
 def cmd_report(args, params) -> None:
     from .evaluation.evaluate import COUNTS_FILE, METRICS_FILE, SAMPLES_FILE
-    from .files import file_sha256, write_json
     from .report.build import build_report
 
     names = params["pipeline"]["experiments"]
     train, evaluated = Path(args.train), Path(args.eval)
-    metrics = {n: evaluated / n / METRICS_FILE for n in ["vae", *names]}
-    written = build_report(
-        metrics, args.reported, args.out,
+    build_report(
+        {n: evaluated / n / METRICS_FILE for n in ["vae", *names]}, args.reported, args.out,
         experiments_meta={name: experiment_config(params, name) for name in names},
         train_logs={n: train / n / "train_log.tsv" for n in names},
         recon_samples={"original": Path(args.prepared) / "val.npy",
                        **{n: evaluated / n / SAMPLES_FILE for n in ["vae", *names]}},
         code_counts={n: evaluated / n / COUNTS_FILE for n in names})
-    # The scale's own record of what results/ was made from (results/ holds the last scale's report).
-    write_json(args.record, {"scale": params["scale"], "experiments": names,
-                             "from": {n: file_sha256(p) for n, p in metrics.items() if p.is_file()},
-                             "wrote": {k: file_sha256(p) for k, p in written.items()}})
 
 
 # Every flag is required but --tokenizer: the VAE's own evaluation (--experiment vae) has none.
@@ -194,7 +188,7 @@ COMMANDS = {
     "evaluate": (cmd_evaluate, "metrics of one experiment's tokenizer, or of the continuous VAE (--experiment vae)",
                  ["--experiment", "--prepared", "--vae", "--tokenizer", "--out"]),
     "report": (cmd_report, "table1.csv, ablation.csv, figures and README from all metrics files",
-               ["--reported", "--prepared", "--train", "--eval", "--out", "--record"]),
+               ["--reported", "--prepared", "--train", "--eval", "--out"]),
 }
 
 

@@ -89,5 +89,4 @@ def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
 
     monkeypatch.setitem(coda.cli.COMMANDS, "report", (broken, *coda.cli.COMMANDS["report"][1:]))
     with pytest.raises(ZeroDivisionError):
-        main(["report", "--reported", "r", "--prepared", "p", "--train", "t", "--eval", "e", "--out", str(tmp_path),
-              "--record", str(tmp_path / "record.json")])
+        main(["report", "--reported", "r", "--prepared", "p", "--train", "t", "--eval", "e", "--out", str(tmp_path)])

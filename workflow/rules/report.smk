@@ -16,8 +16,7 @@ rule report:
         metrics=directory("results/metrics"),
         provenance=directory("results/provenance"),
         curves=directory("results/curves"),
-        record=f"{WORK}/report.json",  # what results/ was made from, kept in the scale's own tree
     params: values=tracked("report")
     log: f"{LOGS}/report.log"
     conda: "../envs/coda.yaml"
-    shell: f"coda report --scale {SCALE} --reported references/reported.csv --prepared {WORK}/prepared --train {WORK}/train --eval {WORK}/eval --out results --record {WORK}/report.json --log {LOGS}/report.log"
+    shell: f"coda report --scale {SCALE} --reported references/reported.csv --prepared {WORK}/prepared --train {WORK}/train --eval {WORK}/eval --out results --log {LOGS}/report.log"
