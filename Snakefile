@@ -14,6 +14,7 @@ include: "workflow/rules/common.smk"
 wildcard_constraints:
     experiment="|".join(EXPERIMENTS),
 
+include: "workflow/rules/fetch.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
@@ -23,11 +24,12 @@ rule all:
     input: "results/table1.csv"
 
 # Datasets and weights the pipeline cannot make: refused all at once, before the first job (a dry
-# run still plans without them). DVC runs the same check at the start of every `coda` command.
+# run still plans without them); weights the fetch stage can download count as there while the
+# network is. DVC runs the same check at the start of every `coda` command.
 onstart:
     from coda.inputs import MissingInputsError, check_external_inputs
     try:
-        check_external_inputs(config)
+        check_external_inputs(config, fetch_pending=True)  # online, the fetch job gets the fetchable ones
     except MissingInputsError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

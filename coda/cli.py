@@ -48,6 +48,12 @@ def _log_to(path: str | None) -> None:
     sys.stdout, sys.stderr = _Tee(sys.__stdout__, handle), _Tee(sys.__stderr__, handle)
 
 
+def cmd_fetch(args, params) -> None:
+    from .fetch import fetch
+
+    fetch(params, args.out)
+
+
 def cmd_prepare(args, params) -> None:
     from .data import prepare_demo, prepare_folder
 
@@ -178,6 +184,8 @@ def cmd_report(args, params) -> None:
 
 # Every flag is required but --tokenizer: the VAE's own evaluation (--experiment vae) has none.
 COMMANDS = {
+    "fetch": (cmd_fetch, "download and verify the external weights the scale needs (none at demo scale) into "
+              "the standard caches, and record them", ["--out"]),
     "prepare": (cmd_prepare, "images -> train set and the preprocessed uint8 validation set", ["--out"]),
     "vae": (cmd_vae, "the frozen continuous VAE as a local diffusers directory (trains one at demo scale)",
             ["--prepared", "--out"]),
@@ -270,7 +278,8 @@ def main(argv=None) -> int:
             run_on_files(args)
             return 0
         params = load_params(args.params, scale=args.scale)
-        check_external_inputs(params)  # DVC's up-front refusal; Snakemake runs it in onstart too
+        # DVC's up-front refusal (Snakemake runs it in onstart too); fetch itself may find fetchable ones missing
+        check_external_inputs(params, fetch_pending=args.command == "fetch")
         if args.command in GPU_COMMANDS:
             claim_gpu()  # before anything touches CUDA: this job's own card, never one another job holds
         COMMANDS[args.command][0](args, params)

@@ -1,13 +1,19 @@
-"""The pipeline's external inputs (datasets and weights it cannot make), checked before any work.
+"""The pipeline's external inputs (datasets and weights it cannot make): what each is, where it comes
+from, and whether it is here, checked before any work.
 
 Both engines call ``check_external_inputs``: Snakemake in the Snakefile's ``onstart`` (after a dry
 run has planned, before the first job), DVC through every ``coda`` command. A run with something
 missing stops in seconds with one message naming every missing file and what to do, instead of
 failing inside the first job or, for weights, after hours of preparation.
+
+The weights with a ``source`` below are what the DAG's first stage, ``coda fetch`` (coda/fetch.py),
+downloads when they are missing and there is network, and verifies by checksum. That stage runs
+first, so the check before it (``fetch_pending=True``: Snakemake's onstart and ``coda fetch``
+itself) lets a fetchable input be missing while the network is there; every later stage needs it
+present. Offline (``HF_HUB_OFFLINE=1``) nothing is downloaded, so a missing one is refused up front.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,33 +21,95 @@ from .config import experiment_config, scale_block
 
 
 @dataclass(frozen=True)
+class HubFiles:
+    """Files of a Hugging Face hub repository, fetched into the HF cache (``hf_hub_download``) and
+    checked against the checksum the hub publishes for each (an LFS file's sha256, a small file's git
+    hash: the name of its blob in the cache)."""
+
+    repo_id: str
+    files: tuple[str, ...]
+    revision: str = "main"
+
+    def cached_paths(self) -> list[str | None]:
+        """Each file's path in the local Hugging Face cache, None where it is not there (no network used)."""
+        from huggingface_hub import try_to_load_from_cache
+
+        found = [try_to_load_from_cache(self.repo_id, name, revision=self.revision) for name in self.files]
+        return [path if isinstance(path, str) else None for path in found]
+
+    def cached(self) -> list[str] | None:
+        paths = self.cached_paths()
+        return None if None in paths else paths
+
+    def __str__(self) -> str:
+        return f"the hub repository {self.repo_id} ({', '.join(self.files)})"
+
+
+@dataclass(frozen=True)
+class UrlFile:
+    """One file at a URL, fetched with ``torch.hub.download_url_to_file`` and checked against our pin."""
+
+    url: str
+    sha256: str
+    size: int
+
+    def __str__(self) -> str:
+        return self.url
+
+
+# Where `coda fetch` gets each external weight, and the checksum it checks (docs/pipeline.md has the
+# same table). Hub files are checked against the hub's own checksums; the Inception file, which is
+# no hub file, against its sha256 pinned here (torch.hub's name carries its first 8 digits).
+MAR_KL16 = HubFiles("jadechoghari/mar", ("kl16.safetensors",))  # MAR's KL-16 as safetensors, linked by the CODA release
+DINO_VITS16 = HubFiles("facebook/dino-vits16", ("config.json", "pytorch_model.bin"))  # DINO ViT-S/16, transformers layout
+INCEPTION = UrlFile(  # torch_fidelity.feature_extractor_inceptionv3.URL_INCEPTION_V3
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
+    sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2", size=95_628_359)
+DIFFUSERS_VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")  # a diffusers AutoencoderKL
+# The authors' released tokenizers (Tokenizer.from_official): their hub repository and, per variant,
+# the EMA weights their training script saves.
+RELEASED_REPO = "shuidi0020/CODA"
+RELEASED_FILES = {"f16": ("mar_v16384/vae_ema.pth", "mar_v16384/quantizer_ema.pth"),
+                  "f8": ("flux_v65536/vae_ema.pth", "flux_v65536/quantizer_ema.pth")}
+GATED = {"black-forest-labs/FLUX.1-dev"}  # hub repositories that need an accepted licence and a login
+
+
+@dataclass(frozen=True)
 class ExternalInput:
-    location: str       # a path, or a hub id
-    what: str           # what it is and which key asked for it
-    how: str            # what to do when it is missing
-    hub: bool = False   # a Hugging Face hub id rather than a path
+    location: str                 # where the pipeline reads it: a path, or a hub repository in the HF cache
+    what: str                     # what it is and which key asked for it
+    how: str                      # what to do when it is missing (and cannot be fetched)
+    source: HubFiles | UrlFile | None = None  # where `coda fetch` downloads it from
+    in_cache: bool = False        # read from the HF cache by repo id (location is no path)
 
     def available(self) -> bool:
-        if not self.hub:
-            return Path(self.location).expanduser().exists()
-        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("1", "true", "yes", "on"):
-            return True  # online: from_pretrained downloads it into the cache
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
-
-        try:
-            snapshot_download(self.location, local_files_only=True)
-        except (LocalEntryNotFoundError, OSError, ValueError):
-            return False
-        return True
+        if self.in_cache:
+            return self.source.cached() is not None
+        return Path(self.location).expanduser().exists()
 
 
 class MissingInputsError(FileNotFoundError):
     """External inputs of the pipeline are missing; the message lists all of them."""
 
 
+def offline() -> bool:
+    """HF_HUB_OFFLINE=1: no download of any kind is tried (huggingface_hub's own switch)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
 def _is_hub_id(text: str) -> bool:
     return not Path(text).expanduser().exists() and not text.startswith(("/", ".", "~")) and text.count("/") == 1
+
+
+def _inception_path(settings: dict) -> str:
+    """Where the evaluation reads the Inception weights: the key's path, else torch hub's cache."""
+    if settings.get("inception_weights"):
+        return settings["inception_weights"]
+    import torch
+
+    return str(Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION.url.rsplit("/", 1)[1])
 
 
 def external_inputs(params: dict) -> list[ExternalInput]:
@@ -58,43 +126,82 @@ def external_inputs(params: dict) -> list[ExternalInput]:
     vae = scale["vae"]
     if vae["source"] == "mar" and "path" in vae:
         needed.append(ExternalInput(vae["path"], f"MAR KL-16 VAE weights (scales.{name}.vae.path)",
-                                    "download kl16.safetensors from the MAR authors' release"))
+                                    "put MAR's kl16.safetensors there", MAR_KL16))
     elif vae["source"] == "pretrained" and "path" in vae:
-        needed.append(ExternalInput(vae["path"], f"diffusers VAE (scales.{name}.vae.path)",
-                                    "`huggingface-cli download <id>` where there is network, or a local "
-                                    "diffusers directory", hub=_is_hub_id(vae["path"])))
+        if _is_hub_id(vae["path"]):
+            prefix = f"{vae['subfolder']}/" if vae.get("subfolder") else ""
+            needed.append(ExternalInput(vae["path"], f"diffusers VAE (scales.{name}.vae.path)",
+                                        "give a local diffusers directory instead",
+                                        HubFiles(vae["path"], tuple(prefix + f for f in DIFFUSERS_VAE_FILES)),
+                                        in_cache=True))
+        else:
+            needed.append(ExternalInput(vae["path"], f"diffusers VAE (scales.{name}.vae.path)",
+                                        "put a diffusers AutoencoderKL directory there"))
     for experiment in params["pipeline"]["experiments"]:
         config = experiment_config(params, experiment)
         if config.get("kind") == "released":
-            for key in ("vae_file", "quantizer_file"):
-                needed.append(ExternalInput(config[key], f"released CODA checkpoint "
-                                            f"(experiments.{experiment}.{key})",
-                                            "download the authors' released files"))
+            needed += _released(config, experiment)
             continue
         train = config.get("train", {})
         kind = train.get("discriminator", "auto")
         dino = kind == "dino" or (kind == "auto" and train.get("dino_weights"))
         if dino and train.get("data_mode", "images") == "images" and train.get("gan_weight", 1.0) > 0:
             where = train.get("dino_weights")
+            directory = where and not Path(where).suffix  # a directory of the hub's files can be fetched
             needed.append(ExternalInput(where or "(not set)", f"DINO ViT-S/16 weights for the discriminator "
                                         f"(experiments.{experiment}.train.dino_weights)",
-                                        "download facebook/dino-vits16 and set train.dino_weights"))
-    inception = params.get("evaluate", {}).get("inception_weights")
-    if inception:
-        needed.append(ExternalInput(inception, "Inception-v3 weights for rFID (evaluate.inception_weights)",
-                                    "torch-fidelity's weights-inception-2015-12-05-6726825d.pth "
-                                    "(pytorch-fid's pt_inception-2015-12-05-6726825d.pth is the same file), or "
-                                    "set the key to null to skip rFID"))
+                                        "put the facebook/dino-vits16 files there and set train.dino_weights",
+                                        DINO_VITS16 if directory else None))
+    settings = params.get("evaluate", {})
+    if settings.get("inception_weights") or scale.get("evaluate", {}).get("require_rfid"):
+        needed.append(ExternalInput(_inception_path(settings), "Inception-v3 weights for rFID "
+                                    f"(evaluate.inception_weights, scales.{name}.evaluate.require_rfid)",
+                                    "put torch-fidelity's weights-inception-2015-12-05-6726825d.pth there",
+                                    INCEPTION))
     unique = {}
     for item in needed:
         unique.setdefault((item.location, item.what), item)
     return list(unique.values())
 
 
-def check_external_inputs(params: dict) -> None:
-    """Raise MissingInputsError listing every missing external input of this run."""
-    missing = [item for item in external_inputs(params) if not item.available()]
+def _released(config: dict, experiment: str) -> list[ExternalInput]:
+    """The authors' two checkpoint files: in their hub repository (``repo``), or local paths."""
+    files = released_files(config)
+    if config.get("repo"):
+        return [ExternalInput(config["repo"], f"released CODA checkpoints, variant {config.get('variant', 'f16')} "
+                              f"(experiments.{experiment}.repo)", "set repo: null and give local files",
+                              HubFiles(config["repo"], files), in_cache=True)]
+    return [ExternalInput(path, f"released CODA checkpoint (experiments.{experiment}.{key})",
+                          f"download the authors' files ({RELEASED_REPO} on the hub)")
+            for key, path in zip(("vae_file", "quantizer_file"), files)]
+
+
+def released_files(config: dict) -> tuple[str, str]:
+    """``vae_file`` and ``quantizer_file`` of a released experiment: given, or the variant's release names."""
+    default = RELEASED_FILES[config.get("variant", "f16")]
+    return config.get("vae_file", default[0]), config.get("quantizer_file", default[1])
+
+
+def check_external_inputs(params: dict, fetch_pending: bool = False) -> None:
+    """Raise MissingInputsError listing every missing external input of this run.
+
+    ``fetch_pending``: the fetch stage has yet to run (Snakemake's onstart, ``coda fetch``), so an
+    input it can download counts as there while the network is."""
+    can_fetch = fetch_pending and not offline()
+    missing = [item for item in external_inputs(params) if not item.available()
+               and not (can_fetch and item.source is not None)]
     if missing:
-        lines = [f"  - {item.location}: {item.what}; {item.how}" for item in missing]
+        lines = [f"  - {item.location}: {item.what}; {remedy(item, params['scale'])}" for item in missing]
         raise MissingInputsError(f"{len(missing)} external input(s) of scale {params['scale']!r} are missing "
                                  "(nothing was run):\n" + "\n".join(lines))
+
+
+def remedy(item: ExternalInput, scale: str) -> str:
+    """What to do about a missing input: fetch it (with network) when it has a source, or the input's own hint."""
+    if item.source is None:
+        return item.how
+    where = ("offline (HF_HUB_OFFLINE=1) nothing is downloaded: run `coda fetch --scale " f"{scale}` with network"
+             if offline() else f"run `coda fetch --scale {scale}` (the pipeline's first stage)")
+    login = (f"; {item.source.repo_id} is gated: accept its licence on the hub, then `huggingface-cli login` "
+             "or set HF_TOKEN") if getattr(item.source, "repo_id", None) in GATED else ""
+    return f"{where}, which downloads it from {item.source}{login}; or {item.how}"

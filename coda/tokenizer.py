@@ -271,16 +271,36 @@ class Tokenizer(nn.Module, ModelHubMixin, library_name="coda", license="apache-2
         return tokenizer.eval()
 
     @classmethod
-    def from_official(cls, vae_file: str | Path, quantizer_file: str | Path, variant: str = "f16",
-                      posterior: str = "sample") -> "Tokenizer":
-        """The authors' released ``vae_ema.pth`` + ``quantizer_ema.pth`` (read safely)."""
+    def from_official(cls, vae_file: str | Path | None = None, quantizer_file: str | Path | None = None,
+                      variant: str = "f16", posterior: str = "sample", *, repo_id: str | None = None,
+                      revision: str | None = None, cache_dir: str | Path | None = None,
+                      local_files_only: bool = False, token: str | None = None) -> "Tokenizer":
+        """The authors' released ``vae_ema.pth`` + ``quantizer_ema.pth`` (read safely), of ``variant``
+        f16 (MAR KL-16, V=16384) or f8 (FLUX.1 VAE, V=65536).
+
+        Local files, or files of a Hub repository ``repo_id`` through ``hf_hub_download`` (with
+        ``revision``, ``cache_dir``, ``local_files_only``, ``token``; HF_HUB_OFFLINE=1 reads the local
+        cache only), where the file names default to the variant's in the authors' release. Without
+        files or ``repo_id``, the authors' repository (``coda.inputs.RELEASED_REPO``):
+        ``Tokenizer.from_official(variant="f8")``."""
         from .compat import OFFICIAL_SETTINGS, load_official_quantizer, load_official_vae, read_state_dict
+        from .inputs import RELEASED_FILES, RELEASED_REPO
 
         if variant not in OFFICIAL_SETTINGS:
             raise ValueError(f"variant must be one of {sorted(OFFICIAL_SETTINGS)}, got {variant!r}")
+        if repo_id is None and vae_file is None and quantizer_file is None:
+            repo_id = RELEASED_REPO
+        if repo_id is not None:
+            vae_file, quantizer_file = (
+                hf_hub_download(repo_id, str(name or default), revision=revision, cache_dir=cache_dir,
+                                local_files_only=local_files_only, token=token)
+                for name, default in zip((vae_file, quantizer_file), RELEASED_FILES[variant]))
+        elif vae_file is None or quantizer_file is None:
+            raise ValueError("give both vae_file and quantizer_file, or a Hub repo_id (the authors' is "
+                             f"{RELEASED_REPO!r})")
         settings = OFFICIAL_SETTINGS[variant]
         vae = load_official_vae(read_state_dict(vae_file), settings["vae"])
         quantizer = load_official_quantizer(read_state_dict(quantizer_file), settings["quantizer"])
-        lora = {"rank": settings["vae"]["lora_rank"], "targets": tuple(settings["vae"]["lora_targets"]),
+        lora = {"rank": settings["vae"]["lora_rank"], "targets": list(settings["vae"]["lora_targets"]),
                 "where": "both"}
         return cls(vae, quantizer, lora, posterior).eval()

@@ -3,6 +3,7 @@
 own and needs the network, so it is not tested here."""
 import hashlib
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from huggingface_hub import constants, scan_cache_dir
 from coda import Tokenizer
 from coda.evaluation import evaluate_tokenizer
 from coda.files import UnreadableFileError
+from coda.quantizers import build_quantizer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_evaluate import photo_crops  # noqa: E402
@@ -23,18 +25,24 @@ from test_tokenizer import small_tokenizer  # noqa: E402
 REPO = "coda-org/coda-tiny"
 
 
-def add_to_cache(cache: Path, repo_id: str, folder: Path, ref: str) -> str:
-    """Lay ``folder`` out as the Hub's cache does after a download: blobs named by content hash,
-    a snapshot per commit symlinking them, and ``refs/<ref>`` naming the commit. Returns the commit."""
+def add_to_cache(cache: Path, repo_id: str, folder: Path, ref: str, commit: str | None = None) -> str:
+    """Lay ``folder`` (subfolders too) out as the Hub's cache does after a download: blobs named by
+    the checksum the hub publishes (git's blob hash for .json files, which the hub keeps in git; the
+    sha256 of LFS files), a snapshot per commit symlinking them, and ``refs/<ref>`` naming the
+    commit. Returns the commit."""
+    from huggingface_hub.utils.sha import git_hash
+
     repo = cache / f"models--{repo_id.replace('/', '--')}"
-    commit = hashlib.sha1(f"{ref}:{folder}".encode()).hexdigest()
-    for path in sorted(folder.iterdir()):
-        blob = repo / "blobs" / hashlib.sha256(path.read_bytes()).hexdigest()
+    commit = commit or hashlib.sha1(f"{ref}:{folder}".encode()).hexdigest()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        blob = repo / "blobs" / (git_hash(data) if path.suffix == ".json" else hashlib.sha256(data).hexdigest())
         blob.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, blob)
-        link = repo / "snapshots" / commit / path.name
+        link = repo / "snapshots" / commit / path.relative_to(folder)
         link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(Path("../..") / "blobs" / blob.name)
+        link.unlink(missing_ok=True)
+        link.symlink_to(Path(os.path.relpath(blob, link.parent)))
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / ref).write_text(commit)
     return commit
@@ -129,3 +137,52 @@ def test_saved_tokenizer_carries_a_card_with_its_measured_metrics(tmp_path):
     other = json.loads(metrics_file.read_text()) | {"codebook_size": 512}
     with pytest.raises(ValueError, match="not of this tokenizer"):
         tokenizer.generate_model_card(metrics=other)
+
+
+def release_layout(folder: Path, monkeypatch) -> dict:
+    """The authors' hub repository in its layout (mar_v16384/, flux_v65536/: vae_ema.pth +
+    quantizer_ema.pth), with narrow VAEs of the two released architectures so the files are small
+    (the settings of each variant are patched to the same narrow widths). {variant: tokenizer of the local files}."""
+    from coda.compat import OFFICIAL_SETTINGS
+    from coda.compat.vae import FLUX_VAE, build_vae, export_official_vae_state_dict
+    from coda.inputs import RELEASED_FILES
+
+    narrow = {"f16": {**OFFICIAL_SETTINGS["f16"]["vae"], "ch": 32, "lora_rank": 4},
+              "f8": {**OFFICIAL_SETTINGS["f8"]["vae"], "lora_rank": 4,
+                     "diffusers_config": {**FLUX_VAE, "block_out_channels": [32, 32, 32, 32]}}}
+    local = {}
+    for variant, vae_settings in narrow.items():
+        monkeypatch.setitem(OFFICIAL_SETTINGS, variant, {**OFFICIAL_SETTINGS[variant], "vae": vae_settings})
+        torch.manual_seed(len(local))
+        vae_state = export_official_vae_state_dict(build_vae(vae_settings), vae_settings)
+        vae_state = {k: v + 0.01 * torch.randn_like(v) if "lora_layer.up" in k else v for k, v in vae_state.items()}
+        quantizer = build_quantizer("coda", **{"codebook_size": OFFICIAL_SETTINGS[variant]["quantizer"]["codebook_size"],
+                                               "dim": 16, "scales": OFFICIAL_SETTINGS[variant]["quantizer"]["scales"]})
+        vae_file, quantizer_file = (folder / name for name in RELEASED_FILES[variant])
+        vae_file.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(vae_state, vae_file)
+        torch.save(quantizer.state_dict(), quantizer_file)
+        local[variant] = Tokenizer.from_official(vae_file, quantizer_file, variant=variant)
+    return local
+
+
+def test_released_checkpoints_load_by_hub_repo_and_variant_offline(tmp_path, offline_cache, monkeypatch):
+    from coda.config import experiment_config, load_params
+    from coda.inputs import RELEASED_REPO
+    from coda.train.stage import save_released
+    from test_pipeline import ROOT
+
+    local = release_layout(tmp_path / "release", monkeypatch)
+    add_to_cache(offline_cache, RELEASED_REPO, tmp_path / "release", "main")
+    assert_same_weights(Tokenizer.from_official(variant="f16"), local["f16"])  # the authors' repository by default
+    f8 = Tokenizer.from_official(repo_id=RELEASED_REPO, variant="f8")
+    assert_same_weights(f8, local["f8"])
+    assert f8.quantizer.codebook_size == 65536 and f8.lora["targets"] == ["conv1", "conv2"]
+    with pytest.raises(FileNotFoundError):  # offline, a repository that is not cached
+        Tokenizer.from_official(repo_id="coda-org/not-cached", variant="f16")
+
+    # the pipeline's `released` experiment names the repository; its train stage reads the cache only
+    experiment = experiment_config(load_params(ROOT / "params.yaml", scale="imagenet"), "released")
+    assert experiment["repo"] == RELEASED_REPO and experiment["variant"] == "f16"
+    save_released({**experiment, "variant": "f8"}, tmp_path / "train")
+    assert_same_weights(Tokenizer.from_pretrained(tmp_path / "train/tokenizer"), local["f8"])

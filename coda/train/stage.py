@@ -55,12 +55,16 @@ def _describe(data) -> str:
 
 
 def save_released(experiment: dict, out_dir) -> None:
-    """No training: the authors' checkpoints (``vae_file``, ``quantizer_file``; `coda` checks they
-    exist before any stage runs) become a tokenizer directory like any other."""
+    """No training: the authors' checkpoints become a tokenizer directory like any other. They are
+    files of the hub repository ``repo``, read from the local cache only (the fetch stage put them
+    there; nothing downloads here), or with ``repo: null`` the local ``vae_file`` and
+    ``quantizer_file`` (`coda` checks they exist before any stage runs)."""
+    from ..inputs import released_files
     from ..tokenizer import Tokenizer
 
-    tokenizer = Tokenizer.from_official(experiment["vae_file"], experiment["quantizer_file"],
-                                        variant=experiment.get("variant", "f16"),
-                                        posterior=experiment.get("posterior", "sample"))
+    repo = experiment.get("repo")
+    hub = {"repo_id": repo, "local_files_only": True} if repo else {}
+    tokenizer = Tokenizer.from_official(*released_files(experiment), variant=experiment.get("variant", "f16"),
+                                        posterior=experiment.get("posterior", "sample"), **hub)
     tokenizer.save_pretrained(Path(out_dir) / "tokenizer")
     write_text(Path(out_dir) / "train_log.tsv", "step\n")

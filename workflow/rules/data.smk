@@ -7,8 +7,10 @@ rule prepare:
     conda: "../envs/coda.yaml"
     shell: f"coda prepare --scale {SCALE} --out {WORK}/prepared --log {LOGS}/prepare.log"
 
+# fetched.json orders the DAG (fetch first) and must exist; ancient(): a rerun of fetch that finds the
+# same weights reruns nothing downstream (what the weights are is in each stage's params).
 rule vae:
-    input: f"{WORK}/prepared", code("vae")
+    input: ancient(f"{WORK}/fetched.json"), f"{WORK}/prepared", code("vae")
     output: directory(f"{WORK}/vae")
     params: values=tracked("vae")
     log: f"{LOGS}/vae.log"
