@@ -132,11 +132,10 @@ def _commit(cached: Path) -> str:
 
 
 def _is_link(path: Path) -> bool:
-    """fetch's own link: a symbolic link, or a folder of them (a file you put there is not)."""
+    """fetch's own: a symbolic link, or a folder of nothing else (empty too); a file you put there is not."""
     if path.is_symlink():
         return True
-    children = list(path.iterdir()) if path.is_dir() else []
-    return bool(children) and all(child.is_symlink() for child in children)
+    return path.is_dir() and all(child.is_symlink() for child in path.iterdir())
 
 
 def _link(path: Path, targets: list[Path]) -> None:

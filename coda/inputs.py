@@ -9,8 +9,9 @@ failing inside the first job or, for weights, after hours of preparation.
 The weights with a ``source`` below are what the DAG's first stage, ``coda fetch`` (coda/fetch.py),
 downloads when they are missing and there is network, and verifies by checksum. That stage runs
 first, so the check before it (``fetch_pending=True``: Snakemake's onstart and ``coda fetch``
-itself) lets a fetchable input be missing while the network is there; every later stage needs it
-present. Offline (``HF_HUB_OFFLINE=1``) nothing is downloaded, so a missing one is refused up front.
+itself) lets an input be missing that it can provide (with network, or from the HF cache); every
+later stage needs it present. Offline (``HF_HUB_OFFLINE=1``) nothing is downloaded, so one that is
+in no cache is refused up front.
 """
 from __future__ import annotations
 
@@ -86,6 +87,12 @@ class ExternalInput:
         if self.in_cache:
             return self.source.cached() is not None
         return Path(self.location).expanduser().exists()
+
+    def fetchable(self) -> bool:
+        """`coda fetch` can provide it: with network, or offline from the files already in the HF cache."""
+        if self.source is None:
+            return False
+        return not offline() or (isinstance(self.source, HubFiles) and self.source.cached() is not None)
 
 
 class MissingInputsError(FileNotFoundError):
@@ -186,10 +193,9 @@ def check_external_inputs(params: dict, fetch_pending: bool = False) -> None:
     """Raise MissingInputsError listing every missing external input of this run.
 
     ``fetch_pending``: the fetch stage has yet to run (Snakemake's onstart, ``coda fetch``), so an
-    input it can download counts as there while the network is."""
-    can_fetch = fetch_pending and not offline()
+    input it can provide counts as there (with network, or offline from the HF cache)."""
     missing = [item for item in external_inputs(params) if not item.available()
-               and not (can_fetch and item.source is not None)]
+               and not (fetch_pending and item.fetchable())]
     if missing:
         lines = [f"  - {item.location}: {item.what}; {remedy(item, params['scale'])}" for item in missing]
         raise MissingInputsError(f"{len(missing)} external input(s) of scale {params['scale']!r} are missing "

@@ -34,7 +34,8 @@ def test_a_truncated_released_checkpoint_is_named_with_exit_2(tmp_path, capsys, 
     torch.save({"w": torch.ones(3)}, buffer)
     vae_file.write_bytes(buffer.getvalue()[:40])      # a download cut short
     quantizer_file.write_bytes(buffer.getvalue())
-    params = write_params(tmp_path, **{"experiments.released.vae_file": str(vae_file),
+    params = write_params(tmp_path, **{"experiments.released.repo": None,  # local files, not the hub repository
+                                       "experiments.released.vae_file": str(vae_file),
                                        "experiments.released.quantizer_file": str(quantizer_file)})
     argv = ["train", "--params", str(params), "--experiment", "released", "--prepared", "p", "--vae", "v",
             "--cache", "c", "--out", str(tmp_path / "out")]
@@ -61,7 +62,8 @@ def test_a_bad_image_under_on_bad_image_error_is_named_with_exit_2(tmp_path, cap
         "scales.imagenet.prepare": {"source": "folder", "train_dir": str(tmp_path / "train"),
                                     "val_dir": str(tmp_path / "val"), "resolution": 32},
         "scales.imagenet.vae": {"source": "train_small"},
-        "scales.imagenet.experiment.train.discriminator": "patchgan"})  # no DINO weights needed here
+        "scales.imagenet.experiment.train.discriminator": "patchgan",  # no DINO weights needed here
+        "scales.imagenet.evaluate.require_rfid": False})  # nor Inception weights
     assert main(["prepare", "--params", str(params), "--out", str(tmp_path / "prepared")]) == 2
     err = capsys.readouterr().err
     assert "broken.jpg" in err and "on_bad_image: skip" in err and "Traceback" not in err

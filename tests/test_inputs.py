@@ -7,9 +7,17 @@ from coda.inputs import MissingInputsError, check_external_inputs, external_inpu
 
 @pytest.fixture
 def paper(monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)  # relative paths of params.yaml resolve in an empty folder
+    """The paper scale in an empty folder (relative paths of params.yaml resolve there), with empty
+    Hugging Face and torch hub caches, offline."""
+    from huggingface_hub import constants
     from test_pipeline import ROOT
 
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return load_params(ROOT / "params.yaml", scale="imagenet")
 
 
@@ -26,10 +34,14 @@ def test_paper_scale_without_downloads_lists_every_missing_file(paper):
         check_external_inputs(paper)
     message = str(error.value)
     for expected in ("data/imagenet/train", "data/imagenet/val", "weights/kl16.safetensors",
-                     "weights/coda_f16/vae_ema.pth", "weights/coda_f16/quantizer_ema.pth",
+                     "shuidi0020/CODA (mar_v16384/vae_ema.pth, mar_v16384/quantizer_ema.pth)",
                      "weights/dino-vits16", "weights/inception.pth"):
         assert expected in message
-    assert message.startswith("7 external input(s)")
+    assert message.startswith("6 external input(s)")
+    # the released checkpoints as local files instead of their hub repository
+    paper["experiments"]["released"].update(repo=None, vae_file="mine/vae_ema.pth", quantizer_file="mine/q.pth")
+    locations = [item.location for item in external_inputs(paper)]
+    assert "mine/vae_ema.pth" in locations and "mine/q.pth" in locations and "shuidi0020/CODA" not in locations
 
 
 def test_paper_scale_refuses_to_start_without_dino_unless_patchgan_is_chosen(paper):
@@ -45,11 +57,14 @@ def test_present_inputs_pass(paper, tmp_path):
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights/kl16.safetensors").write_bytes(b"")
     (tmp_path / "weights/dino-vits16").mkdir()
+    with pytest.raises(MissingInputsError, match="Inception"):  # rFID is required at the paper scale
+        check_external_inputs(paper)
+    (tmp_path / "torch/hub/checkpoints").mkdir(parents=True)
+    (tmp_path / "torch/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth").write_bytes(b"")
     check_external_inputs(paper)
 
 
 def test_hub_id_offline_is_looked_up_in_the_local_cache(paper, monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     paper["scales"]["imagenet"]["vae"] = {"source": "pretrained", "path": "org/not-cached-vae"}
     missing = [i for i in external_inputs(paper) if not i.available()]
-    assert [i.location for i in missing if i.hub] == ["org/not-cached-vae"]
+    assert [i.location for i in missing if i.in_cache] == ["org/not-cached-vae"]
