@@ -29,7 +29,7 @@ rule all:
 onstart:
     from coda.inputs import MissingInputsError, check_external_inputs
     try:
-        check_external_inputs(config, fetch_pending=True)  # online, the fetch job gets the fetchable ones
+        check_external_inputs(config)
     except MissingInputsError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -278,8 +278,7 @@ def main(argv=None) -> int:
             run_on_files(args)
             return 0
         params = load_params(args.params, scale=args.scale)
-        # DVC's up-front refusal (Snakemake runs it in onstart too); fetch itself may find fetchable ones missing
-        check_external_inputs(params, fetch_pending=args.command == "fetch")
+        check_external_inputs(params)  # DVC's up-front refusal; Snakemake runs it in onstart too
         if args.command in GPU_COMMANDS:
             claim_gpu()  # before anything touches CUDA: this job's own card, never one another job holds
         COMMANDS[args.command][0](args, params)

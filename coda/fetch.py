@@ -58,7 +58,7 @@ def fetch(params: dict, record: str | Path) -> dict:
     if failed:
         raise MissingInputsError(f"{len(failed)} external input(s) of scale {params['scale']!r} could not be "
                                  "fetched (nothing was recorded):\n" + "\n".join(failed))
-    check_external_inputs(params)  # offline, a missing one is refused here, with what to do
+    check_external_inputs(params, present=True)  # offline, a missing one is refused here, with what to do
     content = {"scale": params["scale"], "inputs": entries}
     write_json(record, content)
     for entry in entries:

@@ -7,11 +7,10 @@ missing stops in seconds with one message naming every missing file and what to 
 failing inside the first job or, for weights, after hours of preparation.
 
 The weights with a ``source`` below are what the DAG's first stage, ``coda fetch`` (coda/fetch.py),
-downloads when they are missing and there is network, and verifies by checksum. That stage runs
-first, so the check before it (``fetch_pending=True``: Snakemake's onstart and ``coda fetch``
-itself) lets an input be missing that it can provide (with network, or from the HF cache); every
-later stage needs it present. Offline (``HF_HUB_OFFLINE=1``) nothing is downloaded, so one that is
-in no cache is refused up front.
+downloads when they are missing and there is network, and verifies by checksum. The stages that
+read them run after it, so the check lets an input be missing that it can provide (with network, or
+offline from the HF cache): Snakemake may start other stages beside the fetch job. Offline
+(``HF_HUB_OFFLINE=1``) nothing is downloaded, so a weight that is in no cache is refused up front.
 """
 from __future__ import annotations
 
@@ -189,13 +188,11 @@ def released_files(config: dict) -> tuple[str, str]:
     return config.get("vae_file", default[0]), config.get("quantizer_file", default[1])
 
 
-def check_external_inputs(params: dict, fetch_pending: bool = False) -> None:
-    """Raise MissingInputsError listing every missing external input of this run.
-
-    ``fetch_pending``: the fetch stage has yet to run (Snakemake's onstart, ``coda fetch``), so an
-    input it can provide counts as there (with network, or offline from the HF cache)."""
+def check_external_inputs(params: dict, present: bool = False) -> None:
+    """Raise MissingInputsError listing every missing external input of this run that the fetch
+    stage cannot provide; with ``present``, every one that is not here (the fetch stage's own end)."""
     missing = [item for item in external_inputs(params) if not item.available()
-               and not (fetch_pending and item.fetchable())]
+               and (present or not item.fetchable())]
     if missing:
         lines = [f"  - {item.location}: {item.what}; {remedy(item, params['scale'])}" for item in missing]
         raise MissingInputsError(f"{len(missing)} external input(s) of scale {params['scale']!r} are missing "

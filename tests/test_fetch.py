@@ -100,7 +100,7 @@ def no_downloads(monkeypatch):
 def test_offline_a_missing_weight_is_refused_up_front_and_nothing_downloads(paper, monkeypatch):
     no_downloads(monkeypatch)
     params = paper["params"]
-    for check in (lambda: inputs.check_external_inputs(params, fetch_pending=True),
+    for check in (lambda: inputs.check_external_inputs(params),
                   lambda: fetch(params, "work/imagenet/fetched.json")):
         with pytest.raises(MissingInputsError) as error:
             check()
@@ -113,11 +113,14 @@ def test_offline_a_missing_weight_is_refused_up_front_and_nothing_downloads(pape
     assert not Path("work").exists() and not Path("weights").exists()
 
 
-def test_online_the_check_before_fetch_lets_fetchable_weights_be_missing(paper, monkeypatch):
+def test_online_the_check_lets_the_weights_fetch_will_get_be_missing(paper, monkeypatch):
     go_offline(monkeypatch, False)
-    inputs.check_external_inputs(paper["params"], fetch_pending=True)  # the fetch stage will get them
+    inputs.check_external_inputs(paper["params"])  # the fetch stage, first, will get them
     with pytest.raises(MissingInputsError, match="run `coda fetch --scale imagenet` \\(the pipeline's first stage\\)"):
-        inputs.check_external_inputs(paper["params"])  # any later stage needs them present
+        inputs.check_external_inputs(paper["params"], present=True)  # what fetch checks at its end
+    Path("data/imagenet/val").rmdir()
+    with pytest.raises(MissingInputsError, match="(?s)1 external input.*data/imagenet/val"):
+        inputs.check_external_inputs(paper["params"])  # ImageNet is never fetched
 
 
 def populate_cache(paper) -> dict:
@@ -154,7 +157,7 @@ def test_offline_fetch_checks_the_cached_weights_links_them_and_records_them(pap
     from coda.discriminators.dino import load_dino_backbone
 
     assert load_dino_backbone("weights/dino-vits16").config.hidden_size == 32
-    inputs.check_external_inputs(paper["params"])  # every later stage finds its inputs
+    inputs.check_external_inputs(paper["params"], present=True)  # every later stage finds its inputs
     assert fetch(paper["params"], "work/imagenet/fetched.json") == record  # the same record again: nothing reruns
 
 
@@ -252,7 +255,7 @@ def test_no_network_and_gated_repositories_say_what_to_do(paper, monkeypatch):
     # offline, the up-front refusal says the same about logging in
     go_offline(monkeypatch, True)
     with pytest.raises(MissingInputsError, match="FLUX.1-dev is gated: accept its licence"):
-        inputs.check_external_inputs(paper["params"], fetch_pending=True)
+        inputs.check_external_inputs(paper["params"])
 
 
 def test_your_own_files_are_recorded_and_never_replaced(paper, monkeypatch):
