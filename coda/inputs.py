@@ -61,7 +61,7 @@ class UrlFile:
 # same table). Hub files are checked against the hub's own checksums; the Inception file, which is
 # no hub file, against its sha256 pinned here (torch.hub's name carries its first 8 digits).
 MAR_KL16 = HubFiles("jadechoghari/mar", ("kl16.safetensors",))  # MAR's KL-16 as safetensors, linked by the CODA release
-DINO_VITS16 = HubFiles("facebook/dino-vits16", ("config.json", "pytorch_model.bin"))  # DINO ViT-S/16, transformers layout
+DINO_VITS16 = HubFiles("facebook/dino-vits16", ("config.json", "pytorch_model.bin"))  # transformers' DINO ViT-S/16
 INCEPTION = UrlFile(  # torch_fidelity.feature_extractor_inceptionv3.URL_INCEPTION_V3
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
     sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2", size=95_628_359)

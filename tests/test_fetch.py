@@ -145,7 +145,8 @@ def test_offline_fetch_checks_the_cached_weights_links_them_and_records_them(pap
                              "weights/dino-vits16/pytorch_model.bin", f"torch hub cache: checkpoints/{INCEPTION_NAME}"}
     for where, entry in by_where.items():
         path = paper["inception"] if where.startswith("torch") else Path(where)
-        assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() and entry["bytes"] == path.stat().st_size
+        assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert entry["bytes"] == path.stat().st_size
     assert by_where["weights/kl16.safetensors"]["check"] == "sha256 published by the hub"
     assert by_where["weights/dino-vits16/config.json"]["check"] == "git hash published by the hub"
     assert by_where["weights/dino-vits16/pytorch_model.bin"]["from"] == \
@@ -184,7 +185,8 @@ def test_online_fetch_downloads_each_missing_file_once(paper, monkeypatch):
     assert sorted(calls) == sorted([(MAR_KL16.repo_id, "kl16.safetensors"), (DINO_VITS16.repo_id, "config.json"),
                                     (DINO_VITS16.repo_id, "pytorch_model.bin"),
                                     *((RELEASED_REPO, name) for name in RELEASED_FILES["f16"])])
-    assert paper["inception"].read_bytes() == Path(inputs.INCEPTION.url[len("file://"):]).read_bytes()  # torch.hub's own
+    # the Inception file came through torch.hub's own download function, from its file:// URL
+    assert paper["inception"].read_bytes() == Path(inputs.INCEPTION.url[len("file://"):]).read_bytes()
     assert not list(paper["inception"].parent.glob("*.partial"))
     released = [e for e in record["inputs"] if e["where"].startswith(f"HF cache: {RELEASED_REPO}/")]
     assert [e["check"] for e in released] == ["sha256 published by the hub"] * 2

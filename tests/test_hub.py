@@ -156,8 +156,8 @@ def release_layout(folder: Path, monkeypatch) -> dict:
         torch.manual_seed(len(local))
         vae_state = export_official_vae_state_dict(build_vae(vae_settings), vae_settings)
         vae_state = {k: v + 0.01 * torch.randn_like(v) if "lora_layer.up" in k else v for k, v in vae_state.items()}
-        quantizer = build_quantizer("coda", **{"codebook_size": OFFICIAL_SETTINGS[variant]["quantizer"]["codebook_size"],
-                                               "dim": 16, "scales": OFFICIAL_SETTINGS[variant]["quantizer"]["scales"]})
+        released = OFFICIAL_SETTINGS[variant]["quantizer"]
+        quantizer = build_quantizer("coda", codebook_size=released["codebook_size"], dim=16, scales=released["scales"])
         vae_file, quantizer_file = (folder / name for name in RELEASED_FILES[variant])
         vae_file.parent.mkdir(parents=True, exist_ok=True)
         torch.save(vae_state, vae_file)
