@@ -17,7 +17,7 @@ from .devices import claim_gpu
 from .files import UnreadableFileError
 from .inputs import check_external_inputs
 
-GPU_COMMANDS = ("vae", "cache", "train", "evaluate")
+GPU_COMMANDS = ("vae", "cache", "train", "evaluate", "tokenize")
 
 
 class _Tee:
@@ -161,6 +161,27 @@ def cmd_evaluate(args, params) -> None:
               "ema": ema, "method": method, "checkpoint": checkpoint, "vae": vae_label})
 
 
+def cmd_tokenize(args, params) -> None:
+    import torch
+
+    from .data.datasets import ArrayImages, read_meta, train_dataset
+    from .tokenizer import Tokenizer, tokenizer_sha256
+    from .tokens import tokenize_splits
+
+    block = scale_block(params)
+    cfg = dict(block.get("tokenize", {}))
+    tokenizer = Tokenizer.from_pretrained(args.tokenizer)
+    tokenizer.posterior = experiment_config(params, args.experiment).get("posterior", tokenizer.posterior)  # as evaluated
+    # The fixed train crops of the cache stage; val as evaluated. The noise stream is evaluate's (coda/tokens.py).
+    splits = {"train": train_dataset(args.prepared), "val": ArrayImages(Path(args.prepared) / "val.npy")}
+    meta = read_meta(args.prepared)
+    preprocessing = {k: meta.get(k) for k in ("dataset", "resolution", "crop", "train_crop", "seed")}
+    tokenize_splits(tokenizer, splits, args.out, tokenizer_sha256=tokenizer_sha256(tokenizer, Path(args.tokenizer)),
+                    preprocessing=preprocessing, seed=params.get("evaluate", {}).get("seed", 0),
+                    batch_size=block.get("evaluate", {}).get("batch_size", 16),
+                    device="cuda" if torch.cuda.is_available() else "cpu", **cfg)
+
+
 def cmd_report(args, params) -> None:
     from .evaluation.evaluate import COUNTS_FILE, METRICS_FILE, SAMPLES_FILE
     from .report.build import build_report
@@ -176,7 +197,7 @@ def cmd_report(args, params) -> None:
         code_counts={n: evaluated / n / COUNTS_FILE for n in names})
 
 
-# Every flag is required but --tokenizer: the VAE's own evaluation (--experiment vae) has none.
+# Every flag is required but --tokenizer for evaluate: the VAE's own evaluation (--experiment vae) has none.
 COMMANDS = {
     "prepare": (cmd_prepare, "images -> train set and the preprocessed uint8 validation set", ["--out"]),
     "vae": (cmd_vae, "the frozen continuous VAE as a local diffusers directory (trains one at demo scale)",
@@ -187,6 +208,8 @@ COMMANDS = {
               ["--experiment", "--prepared", "--vae", "--cache", "--out"]),
     "evaluate": (cmd_evaluate, "metrics of one experiment's tokenizer, or of the continuous VAE (--experiment vae)",
                  ["--experiment", "--prepared", "--vae", "--tokenizer", "--out"]),
+    "tokenize": (cmd_tokenize, "one experiment's tokenizer over the prepared train and val sets -> token shards",
+                 ["--experiment", "--prepared", "--tokenizer", "--out"]),
     "report": (cmd_report, "table1.csv, ablation.csv, figures and README from all metrics files",
                ["--reported", "--prepared", "--train", "--eval", "--out"]),
 }
@@ -251,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--scale", help="override params.yaml's `scale` (Snakemake passes --config scale=...)")
         _add_common_arguments(p)
         for flag in arguments:
-            p.add_argument(flag, required=flag != "--tokenizer")
+            p.add_argument(flag, required=flag != "--tokenizer" or name != "evaluate")
     for name, (help_text, inputs_help) in FILE_COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         _add_file_arguments(p, name, inputs_help)

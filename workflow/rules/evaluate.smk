@@ -20,3 +20,16 @@ rule evaluate_vae:
     resources: gpu=1
     conda: "../envs/coda.yaml"
     shell: f"coda evaluate --scale {SCALE} --experiment vae --prepared {WORK}/prepared --vae {WORK}/vae --out {WORK}/eval/vae --log {LOGS}/evaluate/vae.log"
+
+# Token files for a generator (pipeline.tokenize). The shards stay on disk across interruptions
+# (resume by shard); only the manifest, written last, is the declared output.
+rule tokenize:
+    input: f"{WORK}/prepared", f"{WORK}/train/{{experiment}}/tokenizer", code("tokenize")
+    output: f"{WORK}/tokens/{{experiment}}/manifest.json"
+    params: values=tracked("tokenize")
+    log: f"{LOGS}/tokenize/{{experiment}}.log"
+    benchmark: f"{LOGS}/benchmarks/tokenize/{{experiment}}.tsv"
+    threads: 2
+    resources: gpu=1
+    conda: "../envs/coda.yaml"
+    shell: f"coda tokenize --scale {SCALE} --experiment {{wildcards.experiment}} --prepared {WORK}/prepared --tokenizer {WORK}/train/{{wildcards.experiment}}/tokenizer --out {WORK}/tokens/{{wildcards.experiment}} --log {LOGS}/tokenize/{{wildcards.experiment}}.log"
