@@ -17,7 +17,7 @@ from .devices import claim_gpu
 from .files import UnreadableFileError
 from .inputs import check_external_inputs
 
-GPU_COMMANDS = ("vae", "cache", "train", "evaluate", "tokenize")
+GPU_COMMANDS = ("vae", "cache", "train", "reference", "evaluate", "tokenize")
 
 
 class _Tee:
@@ -127,9 +127,22 @@ def cmd_train(args, params) -> None:
         train(experiment, Path(args.vae) / "vae", args.out, images=args.prepared, latents=args.cache)
 
 
+def cmd_reference(args, params) -> None:
+    from .evaluation.evaluate import compute_reference
+    from .evaluation.reference import REFERENCE_FILE
+
+    cfg, settings = scale_block(params).get("evaluate", {}), params.get("evaluate", {})
+    metadata = compute_reference(Path(args.prepared) / "val.npy", Path(args.out) / REFERENCE_FILE,
+                                 batch_size=cfg.get("batch_size", 16), max_images=cfg.get("max_images"),
+                                 inception_weights=settings.get("inception_weights"),
+                                 fid_protocol=settings.get("fid_protocol", "torch-fidelity"))
+    print(json.dumps({"num_images": metadata["num_images"], "feature_sets": metadata["feature_sets"]}))
+
+
 def cmd_evaluate(args, params) -> None:
     from .data.datasets import read_meta
-    from .evaluation.evaluate import COUNTS_FILE, METRICS_FILE, SAMPLES_FILE, evaluate_tokenizer
+    from .evaluation.evaluate import COUNTS_FILE, METRICS_FILE, NPZ_FILE, SAMPLES_FILE, evaluate_tokenizer
+    from .evaluation.reference import REFERENCE_FILE
     from .tokenizer import Tokenizer
     from .vae import ContinuousVAE
 
@@ -157,6 +170,9 @@ def cmd_evaluate(args, params) -> None:
         recon_samples_out=out / SAMPLES_FILE, num_recon_samples=cfg.get("reconstructions", 8),
         code_counts_out=out / COUNTS_FILE if tokenizer is not None else None,
         max_images=cfg.get("max_images"), progressive=settings.get("progressive", "none"),
+        reference_file=Path(args.reference) / REFERENCE_FILE,
+        fid_protocol=settings.get("fid_protocol", "torch-fidelity"),
+        npz_out=out / NPZ_FILE if cfg.get("export_npz", False) else None,
         meta={"experiment": args.experiment, "dataset": meta.get("dataset"), "crop": meta.get("crop"),
               "ema": ema, "method": method, "checkpoint": checkpoint, "vae": vae_label})
 
@@ -206,8 +222,10 @@ COMMANDS = {
               ["--prepared", "--vae", "--out"]),
     "train": (cmd_train, "train one experiment (resumes from its checkpoint when rerun)",
               ["--experiment", "--prepared", "--vae", "--cache", "--out"]),
+    "reference": (cmd_reference, "Inception and VGG16 statistics of the validation images, once for every evaluation",
+                  ["--prepared", "--out"]),
     "evaluate": (cmd_evaluate, "metrics of one experiment's tokenizer, or of the continuous VAE (--experiment vae)",
-                 ["--experiment", "--prepared", "--vae", "--tokenizer", "--out"]),
+                 ["--experiment", "--prepared", "--vae", "--reference", "--tokenizer", "--out"]),
     "tokenize": (cmd_tokenize, "one experiment's tokenizer over the prepared train and val sets -> token shards",
                  ["--experiment", "--prepared", "--tokenizer", "--out"]),
     "report": (cmd_report, "table1.csv, ablation.csv, figures and README from all metrics files",
@@ -309,7 +327,8 @@ def user_errors() -> tuple[type[Exception], ...]:
     """Exceptions that mean the user has something to fix; imported only when one is raised."""
     from .compat.ldm import LayoutError
     from .data.bad_images import BadImageError
+    from .evaluation.reference import StaleReferenceError
     from .train.loop import NonFiniteLossError
 
     return (ParamsError, FileNotFoundError, NotADirectoryError, UnreadableFileError, LayoutError, BadImageError,
-            NonFiniteLossError)
+            NonFiniteLossError, StaleReferenceError)

@@ -90,7 +90,8 @@ def _measured(metrics: dict) -> str:
         reason = metrics.get(reason_key or f"{key}_missing_reason")
         return f"not computed: {reason}" if reason else "not computed"
 
-    rows = [("rFID (Inception-v3)", number("rfid", ".2f")), ("rFD-VGG16", number("rfd_vgg16", ".2f")),
+    rows = [("rFID (Inception-v3)", number("rfid", ".2f")), ("Inception Score", number("inception_score", ".2f")),
+            ("rFD-VGG16", number("rfd_vgg16", ".2f")),
             ("PSNR (dB)", number("psnr", ".2f")), ("SSIM", number("ssim", ".3f")),
             ("LPIPS (VGG)", number("lpips_vgg", ".3f", "lpips_missing_reason")),
             ("LPIPS (AlexNet)", number("lpips_alex", ".3f", "lpips_missing_reason")),
@@ -100,6 +101,7 @@ def _measured(metrics: dict) -> str:
     protocol = (f"{metrics.get('num_images')} validation images of `{metrics.get('dataset')}` "
                 f"({metrics.get('crop')} crops) at {metrics.get('resolution')} x {metrics.get('resolution')}, "
                 f"posterior {metrics.get('posterior')}, seed {metrics.get('seed')}, "
+                f"FID protocol {metrics.get('fid_protocol') or 'torch-fidelity'}, "
                 f"{'EMA' if metrics.get('ema') else 'live'} weights (model.safetensors sha256 "
                 f"`{metrics.get('checkpoint_sha256')}`); {versions}.")
     return "| metric | value |\n|---|---|\n" + _table(rows) + "\n\n" + protocol

@@ -38,9 +38,9 @@ def inputs(tmp_path):
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     files = {"vae": metrics_file("continuous_vae"),
-             "coda": metrics_file(rfid=3.0, official=True),
+             "coda": metrics_file(rfid=3.0, official=True, inception_score=180.0),
              "ablate_vq": metrics_file(rfid=9.0, official=False,  # test-only weights: kept out of the tables
-                                       rfid_weights={"warning": "NOT the official weights"}),
+                                       inception_score=2.0, rfid_weights={"warning": "NOT the official weights"}),
              "ablate_rvq": metrics_file(progressive=[  # per-k rows, as the evaluate stage writes them
                  {"scales": k, "indices_per_image": n, "bits_per_image": 6.0 * n, "psnr": psnr, "lpips_vgg": lp,
                   "rfd_vgg16": fd} for k, n, psnr, lp, fd in
@@ -109,6 +109,7 @@ def test_report_tables_figures_and_readme(inputs, tmp_path):
     assert set(numbers) == {"vae", "coda", "ablate_vq", "ablate_rvq"}
     assert all(isinstance(v, (int, float)) for m in numbers.values() for v in m.values())
     assert numbers["coda"]["rfid"] == 3.0 and "rfid" not in numbers["ablate_vq"]  # test-only weights
+    assert numbers["coda"]["inception_score"] == 180.0 and "inception_score" not in numbers["ablate_vq"]
     assert "codebook_utilization" not in numbers["vae"] and numbers["coda"]["psnr"] == 24.0
     assert json.loads((out / "provenance" / "coda.json").read_text())["checkpoint_sha256"] == "ab" * 32
     assert "progressive" not in numbers["ablate_rvq"]  # per-k rows are provenance, not DVC metrics

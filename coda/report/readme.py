@@ -32,6 +32,7 @@ def not_computed(metrics: dict[str, dict]) -> list[str]:
     grouped: dict[tuple[str, str], list[str]] = {}
     for name, m in metrics.items():
         for metric, reason_key in (("rFID", "rfid_missing_reason"), ("rFD-VGG16", "rfd_vgg16_missing_reason"),
+                                   ("Inception Score", "inception_score_missing_reason"),
                                    ("LPIPS", "lpips_missing_reason"), ("SSIM", "ssim_missing_reason")):
             if m.get(reason_key):
                 grouped.setdefault((f"{metric} not computed", m[reason_key]), []).append(name)
@@ -59,7 +60,8 @@ def library_lines(metrics: dict[str, dict]) -> list[str]:
 def implementation_lines(metrics: dict[str, dict]) -> list[str]:
     first = next(iter(metrics.values()), {})
     keys = [("PSNR", "psnr_cap_db"), ("SSIM", "ssim_implementation"), ("LPIPS", "lpips_implementation"),
-            ("Frechet distances", "frechet_implementation")]
+            ("Frechet distances", "frechet_implementation"), ("FID protocol", "fid_protocol_implementation"),
+            ("Inception Score", "inception_score_implementation")]
     if first.get("psnr_cap_db") is not None:
         cap = first["psnr_cap_db"]
         first = {**first, "psnr_cap_db": f"on uint8 images, per image, averaged; identical images capped at {cap} dB"}
