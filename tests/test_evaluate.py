@@ -494,3 +494,27 @@ def test_reference_command_writes_the_file_the_evaluations_read(val_npy, tmp_pat
     metadata = reference_metadata(out / REFERENCE_FILE)
     assert metadata["num_images"] == 8 and metadata["feature_sets"]["vgg16"]["count"] == 8
     assert "not available" in metadata["feature_sets"]["inception"]["missing_reason"]
+
+
+def test_colour_error_is_the_mean_colour_shift_per_channel(tmp_path):
+    val = tmp_path / "val.npy"
+    images = np.random.default_rng(0).integers(40, 200, (6, 16, 16, 3), dtype=np.uint8)
+    np.save(val, images)
+    shift = torch.tensor([6.0, 0.0, -3.0]).view(1, 3, 1, 1) / 127.5  # +6, 0, -3 of 255 (no clamping here)
+    result = evaluate_distortion(val, lambda x, g: x + shift, perceptual=False)
+    assert result["colour_error_per_channel"] == pytest.approx([6, 0, 3], abs=0.51)  # rounding to uint8
+    assert result["colour_error"] == pytest.approx(3, abs=0.34)
+    assert evaluate_distortion(val, lambda x, g: x, perceptual=False)["colour_error"] == 0
+
+
+def test_saved_reconstructions_are_spread_over_the_validation_set(tmp_path):
+    from coda.evaluation.evaluate import sample_indices
+
+    assert sample_indices(128, 8) == [0, 18, 36, 54, 73, 91, 109, 127]  # two crops of each of 4 photos
+    assert sample_indices(3, 8) == [0, 1, 2] and sample_indices(5, 0) == []
+    val = tmp_path / "val.npy"
+    np.save(val, np.random.default_rng(1).integers(0, 256, (7, 16, 16, 3), dtype=np.uint8))
+    out = tmp_path / "samples.npy"
+    result = evaluate_distortion(val, lambda x, g: x, perceptual=False, recon_samples_out=out, num_recon_samples=3)
+    assert result["recon_sample_indices"] == [0, 3, 6]
+    assert np.array_equal(np.load(out), np.load(val)[[0, 3, 6]])  # the identity: the originals at those indices

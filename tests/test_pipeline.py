@@ -271,11 +271,12 @@ def check_tokens(work: Path, scale: str = "tiny") -> None:
     val = TokenDataset(root / "tokens/coda", "val")
     assert len(val) == len(np.load(root / "prepared/val.npy", mmap_mode="r"))
     recon = np.load(root / "eval/coda/recon_samples.npy")
+    shown = json.loads((root / "eval/coda/metrics.json").read_text())["recon_sample_indices"]
     params = yaml.safe_load((work / "params.yaml").read_text())
     batch = params["scales"][scale]["evaluate"]["batch_size"]
     tokenizer = Tokenizer.from_pretrained(root / "train/coda/tokenizer")
     decoded = to_uint8(tokenizer.decode(next(iter(DataLoader(val, batch_size=batch))))).permute(0, 2, 3, 1).numpy()
-    assert np.array_equal(decoded[:len(recon)], recon)
+    assert np.array_equal(decoded[shown], recon)
 
 
 EXPENSIVE = ["vae/vae/*.safetensors", "cache/*.safetensors", "train/*/checkpoints/*.safetensors",

@@ -149,3 +149,13 @@ def test_report_command_reads_the_stage_layout_it_is_given(inputs, tmp_path):
     assert (tmp_path / "cli" / "table1.csv").read_text().startswith(",".join(TABLE1_COLUMNS))
     assert list(pd.read_csv(tmp_path / "cli" / "table1.csv").query("source == 'computed'")["experiment"]) == \
         ["vae", "coda", "ablate_vq", "ablate_rvq"]  # ceiling first, then params.yaml's pipeline order
+
+
+def test_the_original_row_shows_the_validation_images_the_evaluations_saved(tmp_path):
+    from coda.report.build import _originals
+
+    val = np.arange(10 * 2 * 2 * 3, dtype=np.uint8).reshape(10, 2, 2, 3)
+    np.save(tmp_path / "val.npy", val)
+    assert np.array_equal(_originals(tmp_path / "val.npy", {"a": {"recon_sample_indices": [0, 4, 9]}}, 8),
+                          val[[0, 4, 9]])
+    assert np.array_equal(_originals(tmp_path / "val.npy", {"a": {}}, 3), val[:3])  # older records: the first

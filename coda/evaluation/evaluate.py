@@ -26,6 +26,7 @@ from .export import npz_rows
 from .frechet import (FID_PROTOCOLS, INCEPTION_SCORE_SPLITS, FeatureSet, FrechetStatistics, PairedFrechet,
                       build_extractor, inception_feature_set, resolve_inception_weights)
 from .metrics import (PSNR_CAP_DB, SSIM_IMPLEMENTATION, SSIM_WINDOW, CodeUsage, RunningMean, bits_per_image,
+                      colour_error_uint8,
                       psnr_uint8, ssim_uint8, to_uint8, uint8_to_unit)
 from .reference import check_validation_set, load_statistics, reference_metadata, save_reference
 
@@ -110,6 +111,12 @@ def feature_sets(inception_weights, fid_protocol: str, device: torch.device, per
     sets["inception"] = None if path is None else inception_feature_set(path, info, device, fid_protocol)
     reasons["inception"] = info.get("missing_reason")
     return sets, reasons, info
+
+
+def sample_indices(count: int, wanted: int) -> list[int]:
+    """The validation images whose reconstructions are saved: spread evenly over the set, so that a
+    set made of one block of crops per photo (the demo's) shows every photo, not the first one's."""
+    return sorted({int(round(i)) for i in np.linspace(0, count - 1, min(wanted, count))}) if wanted > 0 else []
 
 
 def _batches(images: np.ndarray, count: int, batch_size: int, device: torch.device, desc: str):
@@ -247,7 +254,9 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
     usage = CodeUsage(quantizer.codebook_size, len(quantizer.scales)) if quantizer is not None else None
     ks = progressive_scales(progressive, len(quantizer.scales)) if quantizer is not None else []
     partial_rows = [ProgressiveRow(k) for k in ks[:-1]]  # the last k (all scales) is the main pass
-    samples = []
+    samples, keep = [], sample_indices(count, num_recon_samples)
+    colour = [RunningMean() for _ in range(3)]
+    done = 0
 
     export = npz_rows(npz_out, (count, *images.shape[1:])) if npz_out is not None else nullcontext()
     progress = f"evaluate {meta.get('experiment', '')}".strip()
@@ -259,6 +268,8 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
                 # the release-float protocol reads the decoder's floats, as the release's training loop does
                 unit = (decoded.float() * 0.5 + 0.5).clamp(0, 1) if float_input else None
                 psnr.update(psnr_uint8(reference, output))
+                for channel, errors in zip(colour, colour_error_uint8(reference, output).T):
+                    channel.update(errors)
                 if ssim_reason is None:
                     ssim.update(ssim_uint8(reference, output))
                 for net, model_lpips in lpips_models.items():
@@ -280,8 +291,8 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
             rows = output.permute(0, 2, 3, 1).cpu().numpy()
             if export_rows is not None:
                 export_rows.append(rows)
-            if len(samples) < num_recon_samples:
-                samples.extend(rows[: num_recon_samples - len(samples)])
+            samples.extend(rows[i - done] for i in keep if done <= i < done + len(rows))
+            done += len(rows)
 
     rfid, rfid_reason = _frechet_result(inception, reasons["inception"], count)
     rfd_vgg, rfd_reason = _frechet_result(vgg, reasons["vgg16"], count)
@@ -298,10 +309,13 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
         "rfd_vgg16": rfd_vgg, "rfd_vgg16_missing_reason": rfd_reason,
         "inception_score": score, "inception_score_std": score_std, "inception_score_missing_reason": score_reason,
         "psnr": psnr.value, "ssim": ssim.value, "ssim_missing_reason": ssim_reason,
+        "colour_error": float(np.mean([c.value for c in colour])),
+        "colour_error_per_channel": [c.value for c in colour],
         "lpips_vgg": lpips_means["vgg"].value if lpips_means else None,
         "lpips_alex": lpips_means["alex"].value if lpips_means else None,
         "lpips_missing_reason": lpips_reason,
         **_code_fields(quantizer, usage),
+        "recon_sample_indices": keep,
         "num_images": count, "resolution": int(images.shape[1]), "downsample": vae.downsample_factor,
         "posterior": posterior, "seed": seed, "batch_size": batch_size, "device": device.type,
         "checkpoint": None if meta.get("checkpoint") is None else str(meta["checkpoint"]),
@@ -323,7 +337,7 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
         "library_versions": library_versions(),
     }
     results["progressive"] = _progressive_rows(quantizer, ks, partial_rows, vgg, results) if ks else None
-    if recon_samples_out is not None:
+    if recon_samples_out is not None and samples:
         _save_npy(recon_samples_out, np.stack(samples))
     if code_counts_out is not None and usage is not None:
         _save_npy(code_counts_out, usage.counts.numpy())

@@ -19,10 +19,18 @@ def _images(path, count: int) -> np.ndarray:
     return np.ascontiguousarray(np.load(path, mmap_mode="r")[:count])
 
 
+def _originals(val_npy, metrics: dict[str, dict], count: int) -> np.ndarray:
+    """The validation images the evaluations saved reconstructions of (evenly spread over the set)."""
+    images = np.load(val_npy, mmap_mode="r")
+    shown = next((r["recon_sample_indices"] for r in metrics.values() if r.get("recon_sample_indices")), None)
+    # records from before the indices were recorded hold the first images
+    return np.ascontiguousarray(images[:count] if shown is None else images[list(shown)[:count]])
+
+
 def _grid_rows(metrics: dict[str, dict], recon_samples: dict, order: list[str], count: int) -> list:
     rows = []
     if ORIGINAL in recon_samples:
-        rows.append(("original", _images(recon_samples[ORIGINAL], count)))
+        rows.append(("original", _originals(recon_samples[ORIGINAL], metrics, count)))
     for name in order + sorted(set(recon_samples) - set(order) - {ORIGINAL}):
         if name in recon_samples:
             m = metrics.get(name, {})

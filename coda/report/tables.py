@@ -41,7 +41,8 @@ def load_metrics(files: dict[str, str | Path]) -> dict[str, dict]:
 
 
 # The numbers `dvc exp show` compares, one column each (everything else is provenance).
-COMPARED_METRICS = ["rfid", "inception_score", "rfd_vgg16", "psnr", "ssim", "lpips_vgg", "lpips_alex", "codebook_utilization",
+COMPARED_METRICS = ["rfid", "inception_score", "rfd_vgg16", "psnr", "ssim", "lpips_vgg", "lpips_alex", "colour_error",
+                    "codebook_utilization",
                     "code_perplexity", "bits_per_image"]
 
 
