@@ -210,7 +210,8 @@ def cmd_report(args, params) -> None:
         train_logs={n: train / n / "train_log.tsv" for n in names},
         recon_samples={"original": Path(args.prepared) / "val.npy",
                        **{n: evaluated / n / SAMPLES_FILE for n in ["vae", *names]}},
-        code_counts={n: evaluated / n / COUNTS_FILE for n in names})
+        code_counts={n: evaluated / n / COUNTS_FILE for n in names},
+        tokenizers={n: train / n / "tokenizer" for n in names})
 
 
 # Every flag is required but --tokenizer for evaluate: the VAE's own evaluation (--experiment vae) has none.

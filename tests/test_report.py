@@ -159,3 +159,15 @@ def test_the_original_row_shows_the_validation_images_the_evaluations_saved(tmp_
     assert np.array_equal(_originals(tmp_path / "val.npy", {"a": {"recon_sample_indices": [0, 4, 9]}}, 8),
                           val[[0, 4, 9]])
     assert np.array_equal(_originals(tmp_path / "val.npy", {"a": {}}, 3), val[:3])  # older records: the first
+
+
+def test_each_tokenizer_gets_its_model_card_with_the_measured_numbers(inputs, tmp_path):
+    from test_tokenizer import small_tokenizer
+
+    directory = small_tokenizer().save_pretrained(tmp_path / "coda_tokenizer")
+    build_report(inputs["metrics"], REPORTED, tmp_path / "out", inputs["meta"],
+                 tokenizers={"coda": directory, "ablate_vq": tmp_path / "never_trained"})
+    assert [p.name for p in (tmp_path / "out" / "model_cards").iterdir()] == ["coda.md"]
+    card = (tmp_path / "out" / "model_cards" / "coda.md").read_text()
+    assert "# CODA tokenizer" in card and "| PSNR (dB) | 24.00 |" in card and "| rFID (Inception-v3) | 3.00 |" in card
+    assert "../figures/reconstructions.png" in card and "Liu_2025_ICCV" in card
