@@ -31,6 +31,7 @@ demo: setup
 bench: setup
 	$(PY) bench/quantizer.py
 	$(PY) bench/cache.py
+	$(PY) bench/tokens.py
 	$(PY) bench/train.py
 
 bench-gpu: setup

@@ -20,8 +20,14 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
+# The token files of pipeline.tokenize's experiments: `snakemake --cores all tokens`.
+rule tokens:
+    input: expand(f"{WORK}/tokens/{{experiment}}/manifest.json", experiment=config["pipeline"].get("tokenize", []))
+
+# Everything (the default target): the tables and the token files.
 rule all:
-    input: "results/table1.csv"
+    default_target: True
+    input: "results/table1.csv", rules.tokens.input
 
 # Datasets and weights the pipeline cannot make: refused all at once, before the first job (a dry
 # run still plans without them); weights the fetch stage can download count as there while the

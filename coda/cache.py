@@ -12,6 +12,7 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -29,18 +30,21 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:05d}.safetensors"
 
 
-def _save_shard(tensors: dict, path: Path) -> None:
+def save_shard(tensors: dict, path: Path) -> None:
+    """One shard (torch tensors or numpy arrays), atomically: a killed run leaves none half-written."""
+    tensors = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, tmp)
 
 
-def _prepare_directory(out_dir: Path, identity: dict) -> None:
-    """Keep finished shards of the same run; drop shards that another VAE or preprocessing made."""
+def prepare_shard_directory(out_dir: Path, identity: dict, state_name: str = STATE, what: str = "cache") -> None:
+    """Keep the finished shards of the same run; drop shards that another run (``identity``: model,
+    data, settings) made. ``identity`` is kept in ``state_name``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    state_path = out_dir / STATE
+    state_path = out_dir / state_name
     if state_path.exists() and json.loads(state_path.read_text()) != identity:
         stale = list(out_dir.glob("*.safetensors"))
-        print(f"cache: {out_dir} holds {len(stale)} shards from a different VAE or preprocessing; "
+        print(f"{what}: {out_dir} holds {len(stale)} shards of another model, data or settings; "
               "recomputing them")
         for path in stale:
             path.unlink()
@@ -61,7 +65,7 @@ def cache_latents(vae, splits: dict[str, Dataset], out_dir: str | Path, *, vae_h
     counts = {name: len(ds) for name, ds in splits.items()}
     identity = {"vae_hash": vae_hash, "preprocessing": preprocessing, "dtype": dtype,
                 "shard_size": shard_size, "counts": counts}
-    _prepare_directory(out_dir, identity)
+    prepare_shard_directory(out_dir, identity)
     vae = vae.to(device).eval()
     store = DTYPES[dtype]
     latent_shape = None
@@ -92,7 +96,7 @@ def cache_latents(vae, splits: dict[str, Dataset], out_dir: str | Path, *, vae_h
                 if filled == min(shard_size, len(dataset) - shard * shard_size):
                     tensors = {"mean": torch.cat(means).contiguous(), "logvar": torch.cat(logvars).contiguous()}
                     latent_shape = list(tensors["mean"].shape[1:])
-                    pending.append(writer.submit(_save_shard, tensors, out_dir / shard_name(split, shard)))
+                    pending.append(writer.submit(save_shard, tensors, out_dir / shard_name(split, shard)))
                     shard, means, logvars, filled = next(shards, None), [], [], 0
             bar.close()
         for job in pending:

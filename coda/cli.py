@@ -17,7 +17,7 @@ from .devices import claim_gpu
 from .files import UnreadableFileError
 from .inputs import check_external_inputs
 
-GPU_COMMANDS = ("vae", "cache", "train", "evaluate")
+GPU_COMMANDS = ("vae", "cache", "train", "reference", "evaluate", "tokenize")
 
 
 class _Tee:
@@ -133,9 +133,22 @@ def cmd_train(args, params) -> None:
         train(experiment, Path(args.vae) / "vae", args.out, images=args.prepared, latents=args.cache)
 
 
+def cmd_reference(args, params) -> None:
+    from .evaluation.evaluate import compute_reference
+    from .evaluation.reference import REFERENCE_FILE
+
+    cfg, settings = scale_block(params).get("evaluate", {}), params.get("evaluate", {})
+    metadata = compute_reference(Path(args.prepared) / "val.npy", Path(args.out) / REFERENCE_FILE,
+                                 batch_size=cfg.get("batch_size", 16), max_images=cfg.get("max_images"),
+                                 inception_weights=settings.get("inception_weights"),
+                                 fid_protocol=settings.get("fid_protocol", "torch-fidelity"))
+    print(json.dumps({"num_images": metadata["num_images"], "feature_sets": metadata["feature_sets"]}))
+
+
 def cmd_evaluate(args, params) -> None:
     from .data.datasets import read_meta
-    from .evaluation.evaluate import COUNTS_FILE, METRICS_FILE, SAMPLES_FILE, evaluate_tokenizer
+    from .evaluation.evaluate import COUNTS_FILE, METRICS_FILE, NPZ_FILE, SAMPLES_FILE, evaluate_tokenizer
+    from .evaluation.reference import REFERENCE_FILE
     from .tokenizer import Tokenizer
     from .vae import ContinuousVAE
 
@@ -163,8 +176,32 @@ def cmd_evaluate(args, params) -> None:
         recon_samples_out=out / SAMPLES_FILE, num_recon_samples=cfg.get("reconstructions", 8),
         code_counts_out=out / COUNTS_FILE if tokenizer is not None else None,
         max_images=cfg.get("max_images"), progressive=settings.get("progressive", "none"),
+        reference_file=Path(args.reference) / REFERENCE_FILE,
+        fid_protocol=settings.get("fid_protocol", "torch-fidelity"),
+        npz_out=out / NPZ_FILE if cfg.get("export_npz", False) else None,
         meta={"experiment": args.experiment, "dataset": meta.get("dataset"), "crop": meta.get("crop"),
               "ema": ema, "method": method, "checkpoint": checkpoint, "vae": vae_label})
+
+
+def cmd_tokenize(args, params) -> None:
+    import torch
+
+    from .data.datasets import ArrayImages, read_meta, train_dataset
+    from .tokenizer import Tokenizer, tokenizer_sha256
+    from .tokens import tokenize_splits
+
+    block = scale_block(params)
+    cfg = dict(block.get("tokenize", {}))
+    tokenizer = Tokenizer.from_pretrained(args.tokenizer)
+    tokenizer.posterior = experiment_config(params, args.experiment).get("posterior", tokenizer.posterior)  # as evaluated
+    # The fixed train crops of the cache stage; val as evaluated. The noise stream is evaluate's (coda/tokens.py).
+    splits = {"train": train_dataset(args.prepared), "val": ArrayImages(Path(args.prepared) / "val.npy")}
+    meta = read_meta(args.prepared)
+    preprocessing = {k: meta.get(k) for k in ("dataset", "resolution", "crop", "train_crop", "seed")}
+    tokenize_splits(tokenizer, splits, args.out, tokenizer_sha256=tokenizer_sha256(tokenizer, Path(args.tokenizer)),
+                    preprocessing=preprocessing, seed=params.get("evaluate", {}).get("seed", 0),
+                    batch_size=block.get("evaluate", {}).get("batch_size", 16),
+                    device="cuda" if torch.cuda.is_available() else "cpu", **cfg)
 
 
 def cmd_report(args, params) -> None:
@@ -179,10 +216,11 @@ def cmd_report(args, params) -> None:
         train_logs={n: train / n / "train_log.tsv" for n in names},
         recon_samples={"original": Path(args.prepared) / "val.npy",
                        **{n: evaluated / n / SAMPLES_FILE for n in ["vae", *names]}},
-        code_counts={n: evaluated / n / COUNTS_FILE for n in names})
+        code_counts={n: evaluated / n / COUNTS_FILE for n in names},
+        tokenizers={n: train / n / "tokenizer" for n in names})
 
 
-# Every flag is required but --tokenizer: the VAE's own evaluation (--experiment vae) has none.
+# Every flag is required but --tokenizer for evaluate: the VAE's own evaluation (--experiment vae) has none.
 COMMANDS = {
     "fetch": (cmd_fetch, "download and verify the external weights the scale needs (none at demo scale) into "
               "the standard caches, and record them", ["--out"]),
@@ -193,8 +231,12 @@ COMMANDS = {
               ["--prepared", "--vae", "--out"]),
     "train": (cmd_train, "train one experiment (resumes from its checkpoint when rerun)",
               ["--experiment", "--prepared", "--vae", "--cache", "--out"]),
+    "reference": (cmd_reference, "Inception and VGG16 statistics of the validation images, once for every evaluation",
+                  ["--prepared", "--out"]),
     "evaluate": (cmd_evaluate, "metrics of one experiment's tokenizer, or of the continuous VAE (--experiment vae)",
-                 ["--experiment", "--prepared", "--vae", "--tokenizer", "--out"]),
+                 ["--experiment", "--prepared", "--vae", "--reference", "--tokenizer", "--out"]),
+    "tokenize": (cmd_tokenize, "one experiment's tokenizer over the prepared train and val sets -> token shards",
+                 ["--experiment", "--prepared", "--tokenizer", "--out"]),
     "report": (cmd_report, "table1.csv, ablation.csv, figures and README from all metrics files",
                ["--reported", "--prepared", "--train", "--eval", "--out"]),
 }
@@ -259,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--scale", help="override params.yaml's `scale` (Snakemake passes --config scale=...)")
         _add_common_arguments(p)
         for flag in arguments:
-            p.add_argument(flag, required=flag != "--tokenizer")
+            p.add_argument(flag, required=flag != "--tokenizer" or name != "evaluate")
     for name, (help_text, inputs_help) in FILE_COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         _add_file_arguments(p, name, inputs_help)
@@ -294,7 +336,8 @@ def user_errors() -> tuple[type[Exception], ...]:
     """Exceptions that mean the user has something to fix; imported only when one is raised."""
     from .compat.ldm import LayoutError
     from .data.bad_images import BadImageError
+    from .evaluation.reference import StaleReferenceError
     from .train.loop import NonFiniteLossError
 
     return (ParamsError, FileNotFoundError, NotADirectoryError, UnreadableFileError, LayoutError, BadImageError,
-            NonFiniteLossError)
+            NonFiniteLossError, StaleReferenceError)

@@ -54,6 +54,16 @@ def validate_params(params: dict, schema: dict, source: str = "params.yaml") -> 
             if name not in params["experiments"] or name == "base":
                 problems.append(f"pipeline.experiments: {name!r} is not a block of `experiments` "
                                 f"(defined: {sorted(k for k in params['experiments'] if k != 'base')})")
+        for name in params["pipeline"].get("tokenize", []):
+            if name not in params["pipeline"]["experiments"]:
+                problems.append(f"pipeline.tokenize: {name!r} is not one of pipeline.experiments "
+                                f"{params['pipeline']['experiments']} (only a trained experiment can tokenize)")
+        block = params["scales"].get(params["scale"], {})
+        shard, batch = block.get("tokenize", {}).get("shard_size"), block.get("evaluate", {}).get("batch_size", 16)
+        if shard is not None and shard % batch:
+            problems.append(f"scales.{params['scale']}.tokenize.shard_size: {shard} is not a multiple of the "
+                            f"evaluate batch size {batch} (each batch must draw the same posterior noise as "
+                            f"evaluate's)")
     if problems:
         raise ParamsError(f"{source} is invalid:\n  - " + "\n  - ".join(problems))
 

@@ -17,7 +17,7 @@ A file you put where the pipeline reads it yourself (a regular file or folder, n
 yours: recorded with its sha256, never replaced. A checksum mismatch stops with one line naming the
 file; the file is not used (a download is removed before it reaches its place, and no record is
 written). The record, ``work/<scale>/fetched.json``, says what, where, from which revision and with
-which sha256; the vae stage depends on it.
+which sha256; the vae and reference stages, the first to read the weights, depend on it.
 """
 from __future__ import annotations
 

@@ -17,7 +17,6 @@ UnreadableFileError (exit status 2) only when no input could be used.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path, PurePosixPath
 
@@ -33,22 +32,14 @@ from .data.datasets import to_tensor
 from .data.framing import Framing, fit_to_square
 from .data.images import is_image_name, list_files, open_rgb
 from .evaluation.metrics import psnr_uint8, to_uint8
-from .files import UnreadableFileError, atomic_path, file_sha256, reading
-from .tokenizer import WEIGHTS_NAME, Tokenizer
+from .files import UnreadableFileError, atomic_path, reading
+from .tokenizer import Tokenizer, tokenizer_sha256
+from .tokens import index_dtype
 
 TOKEN_SUFFIX = ".safetensors"
 TOKEN_FORMAT = "coda-tokens/1"
 TOKEN_METADATA = ("format", "tokenizer_sha256", "source", "original_size", "policy", "padding",
                   "resolution", "posterior", "seed")
-
-
-def tokenizer_sha256(tokenizer: Tokenizer, directory: Path) -> str:
-    """Hash of what decoding depends on: the config (less the posterior, which only encoding uses,
-    and the coda version) and the weights file."""
-    config = {key: value for key, value in tokenizer.config.items() if key not in ("posterior", "coda_version")}
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    digest.update(file_sha256(directory / WEIGHTS_NAME).encode())
-    return digest.hexdigest()
 
 
 def load_tokenizer(directory, device: str | None, posterior: str | None = None) -> tuple[Tokenizer, str, str]:
@@ -111,7 +102,7 @@ def save_png(path: Path, image: np.ndarray) -> None:
 
 
 def save_tokens(path: Path, indices: list[torch.Tensor], codebook_size: int, metadata: dict) -> None:
-    dtype = np.uint16 if codebook_size <= 1 << 16 else np.uint32
+    dtype = index_dtype(codebook_size)
     tensors = {f"scale_{i}": level[0].cpu().numpy().astype(dtype) for i, level in enumerate(indices)}
     with atomic_path(path) as temporary:
         save_file(tensors, str(temporary), metadata={key: json.dumps(metadata[key]) for key in TOKEN_METADATA})

@@ -6,6 +6,7 @@ publishing are huggingface_hub's ``ModelHubMixin``: a directory or Hub repo hold
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -18,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
-from .files import UnreadableFileError, atomic_path, reading, write_json
+from .files import UnreadableFileError, atomic_path, file_sha256, reading, write_json
 from .lora import add_lora
 from .quantizers import QuantizerOutput, build_quantizer
 from .vae import LATENT_MODES, ContinuousVAE
@@ -89,7 +90,8 @@ def _measured(metrics: dict) -> str:
         reason = metrics.get(reason_key or f"{key}_missing_reason")
         return f"not computed: {reason}" if reason else "not computed"
 
-    rows = [("rFID (Inception-v3)", number("rfid", ".2f")), ("rFD-VGG16", number("rfd_vgg16", ".2f")),
+    rows = [("rFID (Inception-v3)", number("rfid", ".2f")), ("Inception Score", number("inception_score", ".2f")),
+            ("rFD-VGG16", number("rfd_vgg16", ".2f")),
             ("PSNR (dB)", number("psnr", ".2f")), ("SSIM", number("ssim", ".3f")),
             ("LPIPS (VGG)", number("lpips_vgg", ".3f", "lpips_missing_reason")),
             ("LPIPS (AlexNet)", number("lpips_alex", ".3f", "lpips_missing_reason")),
@@ -99,9 +101,19 @@ def _measured(metrics: dict) -> str:
     protocol = (f"{metrics.get('num_images')} validation images of `{metrics.get('dataset')}` "
                 f"({metrics.get('crop')} crops) at {metrics.get('resolution')} x {metrics.get('resolution')}, "
                 f"posterior {metrics.get('posterior')}, seed {metrics.get('seed')}, "
+                f"FID protocol {metrics.get('fid_protocol') or 'torch-fidelity'}, "
                 f"{'EMA' if metrics.get('ema') else 'live'} weights (model.safetensors sha256 "
                 f"`{metrics.get('checkpoint_sha256')}`); {versions}.")
     return "| metric | value |\n|---|---|\n" + _table(rows) + "\n\n" + protocol
+
+
+def tokenizer_sha256(tokenizer: "Tokenizer", directory: Path) -> str:
+    """Hash of what decoding depends on: the config (less the posterior, which only encoding uses,
+    and the coda version) and the weights file."""
+    config = {key: value for key, value in tokenizer.config.items() if key not in ("posterior", "coda_version")}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    digest.update(file_sha256(directory / WEIGHTS_NAME).encode())
+    return digest.hexdigest()
 
 
 class Tokenizer(nn.Module, ModelHubMixin, library_name="coda", license="apache-2.0", paper_url=PAPER_URL,

@@ -6,6 +6,7 @@ official in the metrics file.
 """
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from coda.evaluation import (CodeUsage, FrechetStatistics, evaluate_tokenizer, perplexity, psnr_uint8,
                              resolve_inception_weights, ssim_uint8, to_uint8)
-from coda.evaluation.frechet import OFFICIAL_INCEPTION_FILE
+from coda.evaluation.frechet import OFFICIAL_INCEPTION_FILE, PairedFrechet
 from coda.files import file_sha256
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -323,3 +324,197 @@ def test_inception_weights_from_the_torch_hub_cache_are_checked(test_only_incept
     assert info["official"] is False  # right name, wrong hash: not mistaken for the official file
     with pytest.raises(FileNotFoundError):
         resolve_inception_weights(tmp_path / "absent.pth")
+
+
+# ---- the reference stage's file, the Inception Score, the npz export, the FID protocol ------------
+
+class UInt8Images(torch.utils.data.Dataset):
+    """uint8 3 x H x W tensors, as torch-fidelity's own calculate_metrics reads a dataset."""
+
+    def __init__(self, images_hwc: np.ndarray):
+        self.images = torch.from_numpy(np.ascontiguousarray(images_hwc)).permute(0, 3, 1, 2)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return self.images[index]
+
+
+def torch_fidelity_metrics(test_only_inception_weights, input1, input2=None, **metrics):
+    import torch_fidelity
+
+    return torch_fidelity.calculate_metrics(input1=UInt8Images(input1), input2=None if input2 is None else
+                                            UInt8Images(input2), cuda=False, cache=False, verbose=False,
+                                            batch_size=5, save_cpu_ram=True,  # no worker processes
+                                            feature_extractor_weights_path=str(test_only_inception_weights), **metrics)
+
+
+@pytest.fixture(scope="module")
+def reference_file(val_npy, test_only_inception_weights, tmp_path_factory):
+    from coda.evaluation.evaluate import compute_reference
+
+    path = tmp_path_factory.mktemp("reference") / "reference.safetensors"
+    compute_reference(val_npy, path, batch_size=3, inception_weights=test_only_inception_weights, device="cpu")
+    return path
+
+
+def test_reference_file_gives_the_paired_pass_numbers(val_npy, reference_file, test_only_inception_weights):
+    """The reference stage's statistics, reused, give the rFID and rFD-VGG16 of computing both sides in
+    one pass (the in-pass fallback), and torch-fidelity's own paired FID."""
+    from safetensors import safe_open
+
+    from coda.evaluation.reference import reference_metadata
+
+    metadata = reference_metadata(reference_file)
+    assert metadata["val_sha256"] == file_sha256(val_npy) and metadata["num_images"] == 4
+    sets = metadata["feature_sets"]
+    assert sets["inception"]["weights_sha256"] == file_sha256(test_only_inception_weights)
+    assert sets["inception"]["fid_protocol"] == "torch-fidelity" and sets["vgg16"]["count"] == 4
+    with safe_open(str(reference_file), framework="pt") as f:
+        assert f.get_tensor("inception.sigma").dtype == torch.float64 and f.get_tensor("vgg16.mu").shape == (512,)
+    kwargs = {"inception_weights": test_only_inception_weights}
+    reused = evaluate_distortion(val_npy, gaussian_noise(0.1), reference_file=reference_file, **kwargs)
+    paired = evaluate_distortion(val_npy, gaussian_noise(0.1), **kwargs)
+    for key in ("rfid", "rfd_vgg16"):
+        assert reused[key] > 0 and reused[key] == pytest.approx(paired[key], rel=1e-6), key
+    assert reused["reference_statistics"] == str(reference_file) and "this pass" in paired["reference_statistics"]
+    recon = torch.cat([to_uint8(gaussian_noise(0.1)(batch, torch.Generator().manual_seed(0)))
+                       for batch in [torch.from_numpy(np.load(val_npy)).permute(0, 3, 1, 2).float() / 127.5 - 1]])
+    fidelity = torch_fidelity_metrics(test_only_inception_weights, recon.permute(0, 2, 3, 1).numpy(),
+                                      np.load(val_npy), fid=True)
+    assert reused["rfid"] == pytest.approx(fidelity["frechet_inception_distance"], rel=1e-4)
+
+
+def test_a_reference_of_other_images_or_weights_is_refused_before_any_model_loads(
+        val_npy, reference_file, test_only_inception_weights, tmp_path):
+    from coda.cli import user_errors
+    from coda.evaluation.reference import StaleReferenceError
+
+    other = tmp_path / "other_val.npy"
+    np.save(other, photo_crops(5)[1:])  # the same shape and count, other images
+    with mock.patch("coda.evaluation.evaluate.feature_sets", side_effect=AssertionError("models loaded")), \
+            pytest.raises(StaleReferenceError, match="another validation set") as error:
+        evaluate_distortion(other, gaussian_noise(0.1), reference_file=reference_file)
+    assert "\n" not in str(error.value) and "coda reference" in str(error.value)
+    assert isinstance(error.value, user_errors())  # the CLI prints it as one line, exit status 2
+    with pytest.raises(StaleReferenceError, match="first 4 validation images, this evaluation reads 3"):
+        evaluate_distortion(val_npy, gaussian_noise(0.1), reference_file=reference_file, max_images=3)
+    state = torch.load(test_only_inception_weights, weights_only=True)
+    state["fc.bias"] = state["fc.bias"] + 1
+    retrained = tmp_path / "other-inception.pth"
+    torch.save(state, retrained)
+    with pytest.raises(StaleReferenceError, match="weights_sha256"):
+        evaluate_distortion(val_npy, gaussian_noise(0.1), reference_file=reference_file, inception_weights=retrained)
+    with pytest.raises(StaleReferenceError, match="fid_protocol 'torch-fidelity' there, 'release-float' here"):
+        evaluate_distortion(val_npy, gaussian_noise(0.1), reference_file=reference_file, fid_protocol="release-float",
+                            inception_weights=test_only_inception_weights)
+
+
+def test_inception_score_is_torch_fidelitys_on_the_same_images(test_only_inception_weights, tmp_path):
+    val = tmp_path / "val.npy"
+    np.save(val, photo_crops(10, size=32))
+    result = evaluate_distortion(val, lambda x, g: x, inception_weights=test_only_inception_weights,
+                                 perceptual=False)
+    expected = torch_fidelity_metrics(test_only_inception_weights, np.load(val), isc=True)
+    assert result["inception_score"] == pytest.approx(expected["inception_score_mean"], rel=1e-5)
+    assert result["inception_score_std"] == pytest.approx(expected["inception_score_std"], rel=1e-4, abs=1e-9)
+    assert result["inception_score_missing_reason"] is None
+    few = PairedFrechet(None)
+    few.logits = [torch.randn(5, 1008), torch.randn(4, 1008)]
+    assert few.inception_score() == (None, None, "the Inception Score needs at least 10 images, got 9")
+    without = evaluate_distortion(val, lambda x, g: x, perceptual=False)
+    assert without["inception_score"] is None and "not available" in without["inception_score_missing_reason"]
+
+
+def test_npz_export_is_every_reconstruction_in_adms_format(val_npy, tmp_path):
+    npz = tmp_path / "eval" / "reconstructions.npz"
+    samples = tmp_path / "samples.npy"
+    result = evaluate_distortion(val_npy, gaussian_noise(0.1), perceptual=False, npz_out=npz,
+                                 recon_samples_out=samples, num_recon_samples=4)  # batches of 3: 3 + 1
+    with np.load(npz, allow_pickle=False) as archive:
+        assert archive.files == ["arr_0"]
+        array = archive["arr_0"]
+    assert array.dtype == np.uint8 and array.shape == (4, 64, 64, 3)
+    assert np.array_equal(array, np.load(samples)) and result["reconstructions_npz"] == str(npz)
+    assert not np.array_equal(array, np.load(val_npy))
+
+
+def test_an_unfinished_npz_leaves_no_file(tmp_path):
+    from coda.evaluation.export import npz_rows
+
+    path = tmp_path / "part.npz"
+    with pytest.raises(ValueError, match="1 of 2 rows"), npz_rows(path, (2, 4, 4, 3)) as rows:
+        rows.append(np.zeros((1, 4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="do not fit"), npz_rows(path, (2, 4, 4, 3)) as rows:
+        rows.append(np.zeros((3, 4, 4, 3), np.uint8))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_release_float_protocol_feeds_inception_pytorch_fids_input_and_is_recorded(
+        val_npy, test_only_inception_weights, tmp_path):
+    """The decoder's floats, F.interpolate to 299 and 2x - 1 reach torch-fidelity's first convolution."""
+    from coda.evaluation.evaluate import feature_sets
+
+    sets, _, _ = feature_sets(test_only_inception_weights, "release-float", torch.device("cpu"), perceptual=False)
+    inception = sets["inception"]
+    unit = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(0))
+    seen = []
+    hook = inception.module.Conv2d_1a_3x3.register_forward_hook(lambda layer, args, out: seen.append(args[0]))
+    try:
+        features, logits = inception(to_uint8(unit * 2 - 1), unit)
+    finally:
+        hook.remove()
+    assert torch.equal(seen[0], 2 * F.interpolate(unit, size=(299, 299), mode="bilinear", align_corners=False) - 1)
+    assert features.shape == (2, 2048) and logits.shape == (2, 1008)
+    uint8_sets, _, _ = feature_sets(test_only_inception_weights, "torch-fidelity", torch.device("cpu"), perceptual=False)
+    assert not torch.allclose(uint8_sets["inception"](to_uint8(unit * 2 - 1))[0], features)
+
+    kwargs = {"inception_weights": test_only_inception_weights, "perceptual": False}
+    release = evaluate_distortion(val_npy, gaussian_noise(0.1), fid_protocol="release-float", **kwargs)
+    default = evaluate_distortion(val_npy, gaussian_noise(0.1), **kwargs)
+    assert release["fid_protocol"] == "release-float" and default["fid_protocol"] == "torch-fidelity"
+    assert "pytorch-fid" in release["fid_protocol_implementation"]
+    assert release["rfid"] > 0 and release["rfid"] != pytest.approx(default["rfid"], rel=1e-3)
+    with pytest.raises(ValueError, match="evaluate.fid_protocol must be one of"):
+        evaluate_distortion(val_npy, gaussian_noise(0.1), fid_protocol="pytorch-fid", **kwargs)
+
+
+def test_reference_command_writes_the_file_the_evaluations_read(val_npy, tmp_path):
+    """`coda reference` at the tiny scale: VGG16 statistics of the first max_images, no Inception weights."""
+    from coda.cli import main
+    from coda.evaluation.reference import REFERENCE_FILE, reference_metadata
+
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    np.save(prepared / "val.npy", np.concatenate([np.load(val_npy)] * 3))  # 12 images; tiny reads 8
+    out = tmp_path / "reference"
+    assert main(["reference", "--params", str(Path(__file__).resolve().parents[1] / "params.yaml"), "--scale", "tiny", "--prepared", str(prepared),
+                 "--out", str(out)]) == 0
+    metadata = reference_metadata(out / REFERENCE_FILE)
+    assert metadata["num_images"] == 8 and metadata["feature_sets"]["vgg16"]["count"] == 8
+    assert "not available" in metadata["feature_sets"]["inception"]["missing_reason"]
+
+
+def test_colour_error_is_the_mean_colour_shift_per_channel(tmp_path):
+    val = tmp_path / "val.npy"
+    images = np.random.default_rng(0).integers(40, 200, (6, 16, 16, 3), dtype=np.uint8)
+    np.save(val, images)
+    shift = torch.tensor([6.0, 0.0, -3.0]).view(1, 3, 1, 1) / 127.5  # +6, 0, -3 of 255 (no clamping here)
+    result = evaluate_distortion(val, lambda x, g: x + shift, perceptual=False)
+    assert result["colour_error_per_channel"] == pytest.approx([6, 0, 3], abs=0.51)  # rounding to uint8
+    assert result["colour_error"] == pytest.approx(3, abs=0.34)
+    assert evaluate_distortion(val, lambda x, g: x, perceptual=False)["colour_error"] == 0
+
+
+def test_saved_reconstructions_are_spread_over_the_validation_set(tmp_path):
+    from coda.evaluation.evaluate import sample_indices
+
+    assert sample_indices(128, 8) == [0, 18, 36, 54, 73, 91, 109, 127]  # two crops of each of 4 photos
+    assert sample_indices(3, 8) == [0, 1, 2] and sample_indices(5, 0) == []
+    val = tmp_path / "val.npy"
+    np.save(val, np.random.default_rng(1).integers(0, 256, (7, 16, 16, 3), dtype=np.uint8))
+    out = tmp_path / "samples.npy"
+    result = evaluate_distortion(val, lambda x, g: x, perceptual=False, recon_samples_out=out, num_recon_samples=3)
+    assert result["recon_sample_indices"] == [0, 3, 6]
+    assert np.array_equal(np.load(out), np.load(val)[[0, 3, 6]])  # the identity: the originals at those indices

@@ -126,6 +126,8 @@ def test_saved_tokenizer_carries_a_card_with_its_measured_metrics(tmp_path):
     assert f"| PSNR (dB) | {record['psnr']:.2f} |" in card and f"| SSIM | {record['ssim']:.3f} |" in card
     assert f"| codebook utilization | {record['codebook_utilization']:.1%} |" in card
     assert f"not computed: {record['rfid_missing_reason']}" in card  # a missing number says why
+    assert f"| Inception Score | not computed: {record['inception_score_missing_reason']} |" in card
+    assert "FID protocol torch-fidelity" in card
     assert record["checkpoint_sha256"] in card and "scales | 1, 2, 4, 8" in card
     assert "![reconstructions](reconstructions.png)" in card
     assert (directory / "reconstructions.png").read_bytes() == figure.read_bytes()

@@ -51,14 +51,17 @@ def run(cmd, cwd, check=True, timeout=900):
     return result
 
 
+TARGET_RULES = ("all", "tokens")  # the Snakefile's targets: inputs only, no stage of their own
+
+
 def snakemake_jobs(work: Path, scale: str) -> dict:
-    """{stage name as DVC names it: {"cmd", "outputs"}} from a forced dry run."""
-    text = run([str(BIN / "snakemake"), "results/table1.csv", "-n", "-p", "--forceall", "--cores", "1",
+    """{stage name as DVC names it: {"cmd", "outputs"}} from a forced dry run of everything."""
+    text = run([str(BIN / "snakemake"), "all", "-n", "-p", "--forceall", "--cores", "1",
                 "--config", f"scale={scale}"], work).stdout
     jobs = {}
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
         rule = re.match(r"(?:local)?rule (\w+):", block)
-        if not rule:
+        if not rule or rule.group(1) in TARGET_RULES:
             continue
         wildcard = re.search(r"wildcards: experiment=(\w+)", block)
         name = rule.group(1) + (f"@{wildcard.group(1)}" if wildcard else "")
@@ -187,9 +190,10 @@ def test_dvc_metrics_plots_and_persistence():
     curves = next(p["results/curves"] for p in spec["plots"] if isinstance(p, dict) and "results/curves" in p)
     assert curves["x"] == "step" and "loss" in curves["y"]
     assert "results/figures/reconstructions.png" in spec["plots"]
-    persistent = {path for stage in ("cache", "train") for o in spec["stages"][stage].get("do", spec["stages"][stage])["outs"]
+    persistent = {path for stage in ("cache", "train", "tokenize") for o in spec["stages"][stage].get("do", spec["stages"][stage])["outs"]
                   if isinstance(o, dict) for path, v in o.items() if v.get("persist")}
-    assert persistent == {"work/${scale}/cache", "work/${scale}/train/${item}/checkpoints"}
+    assert persistent == {"work/${scale}/cache", "work/${scale}/train/${item}/checkpoints",
+                          "work/${scale}/tokens/${item}"}
     config = (ROOT / ".dvc/config").read_text()
     assert "analytics = false" in config and "check_update = false" in config
 
@@ -253,8 +257,30 @@ def check_outputs(work: Path) -> None:
         Image.open(png).verify()
 
 
+def check_tokens(work: Path, scale: str = "tiny") -> None:
+    """The coda experiment's token files: every image, and the val tokens decode to the evaluate
+    stage's reconstructions bit for bit."""
+    import numpy as np
+    from torch.utils.data import DataLoader
+
+    from coda.evaluation.metrics import to_uint8
+    from coda.tokenizer import Tokenizer
+    from coda.tokens import TokenDataset
+
+    root = work / "work" / scale
+    val = TokenDataset(root / "tokens/coda", "val")
+    assert len(val) == len(np.load(root / "prepared/val.npy", mmap_mode="r"))
+    recon = np.load(root / "eval/coda/recon_samples.npy")
+    shown = json.loads((root / "eval/coda/metrics.json").read_text())["recon_sample_indices"]
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    batch = params["scales"][scale]["evaluate"]["batch_size"]
+    tokenizer = Tokenizer.from_pretrained(root / "train/coda/tokenizer")
+    decoded = to_uint8(tokenizer.decode(next(iter(DataLoader(val, batch_size=batch))))).permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(decoded[shown], recon)
+
+
 EXPENSIVE = ["vae/vae/*.safetensors", "cache/*.safetensors", "train/*/checkpoints/*.safetensors",
-             "eval/*/metrics.json", "prepared/val.npy"]
+             "eval/*/metrics.json", "prepared/val.npy", "tokens/*/*.safetensors"]
 
 
 def expensive_files(work: Path, scale: str, patterns=EXPENSIVE) -> dict[str, tuple[int, bytes]]:
@@ -280,7 +306,12 @@ def test_tiny_dag_through_snakemake(tmp_path):
     snakemake = [str(BIN / "snakemake"), "results/table1.csv", "--cores", "2"]
     run(snakemake, work)
     check_outputs(work)
-    assert "Nothing to be done" in run(snakemake, work).stdout + run(snakemake, work).stderr
+    everything = [str(BIN / "snakemake"), "--cores", "2"]  # the default target: + the token files
+    run(everything, work)
+    check_tokens(work)
+    for command in (snakemake, everything):
+        again = run(command, work)
+        assert "Nothing to be done" in again.stdout + again.stderr
     report = run([str(BIN / "snakemake"), "--report", "results/report.html", "results/table1.csv"], work)
     html = (work / "results/report.html").read_text()
     assert "table1.csv" in html and "reconstructions.png" in html, report.stderr[-2000:]
@@ -310,13 +341,15 @@ def test_tiny_dag_through_dvc(tmp_path):
     dvc = str(BIN / "dvc")
     run([dvc, "repro"], work)
     check_outputs(work)
+    check_tokens(work)
     again = run([dvc, "repro"], work).stdout
     assert "Running stage" not in again, again
 
     # Snakemake takes over DVC's work with one fast command: `snakemake --touch`.
     snakemake = [str(BIN / "snakemake"), "results/table1.csv", "--cores", "2"]
-    run(snakemake + ["--touch"], work)
+    run([str(BIN / "snakemake"), "--cores", "2", "--touch"], work)
     assert "Nothing to be done" in run(snakemake + ["-n"], work).stdout
+    assert "Nothing to be done" in run([str(BIN / "snakemake"), "--cores", "2", "-n"], work).stdout
 
     # Another scale, and back: prepare, vae and evaluate come from DVC's run cache (checked out again,
     # same bytes); cache and train find their work finished (shards and checkpoints untouched).
@@ -327,10 +360,11 @@ def test_tiny_dag_through_dvc(tmp_path):
     back = run([dvc, "repro"], work).stdout
     after = expensive_files(work, "tiny")
     assert {k: v[1] for k, v in after.items()} == {k: v[1] for k, v in before.items()}
-    untouched = expensive_files(work, "tiny", ["cache/*.safetensors", "train/*/checkpoints/*.safetensors"])
+    untouched = expensive_files(work, "tiny", ["cache/*.safetensors", "train/*/checkpoints/*.safetensors",
+                                               "tokens/*/*.safetensors"])
     assert untouched and all(after[k][0] == before[k][0] for k in untouched)
     ran = set(re.findall(r"Running stage '([^']+)'", back))
-    assert ran <= {"cache", "report"} | {f"train@{e}" for e in ("coda", "ablate_vq", "ablate_rvq", "ablate_attn")}, back
+    assert ran <= {"cache", "report", "tokenize@coda"} | {f"train@{e}" for e in ("coda", "ablate_vq", "ablate_rvq", "ablate_attn")}, back
 
     (work / ".gitignore").write_text("/work/\n/logs/\n.snakemake/\n")
     run(["git", "add", "-A"], work)

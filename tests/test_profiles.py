@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-GPU_RULES = {"vae", "cache", "train", "evaluate", "evaluate_vae"}
+GPU_RULES = {"vae", "cache", "train", "reference", "evaluate", "evaluate_vae"}
 
 
 @pytest.fixture

@@ -38,9 +38,9 @@ def inputs(tmp_path):
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     files = {"vae": metrics_file("continuous_vae"),
-             "coda": metrics_file(rfid=3.0, official=True),
+             "coda": metrics_file(rfid=3.0, official=True, inception_score=180.0),
              "ablate_vq": metrics_file(rfid=9.0, official=False,  # test-only weights: kept out of the tables
-                                       rfid_weights={"warning": "NOT the official weights"}),
+                                       inception_score=2.0, rfid_weights={"warning": "NOT the official weights"}),
              "ablate_rvq": metrics_file(progressive=[  # per-k rows, as the evaluate stage writes them
                  {"scales": k, "indices_per_image": n, "bits_per_image": 6.0 * n, "psnr": psnr, "lpips_vgg": lp,
                   "rfd_vgg16": fd} for k, n, psnr, lp, fd in
@@ -109,6 +109,7 @@ def test_report_tables_figures_and_readme(inputs, tmp_path):
     assert set(numbers) == {"vae", "coda", "ablate_vq", "ablate_rvq"}
     assert all(isinstance(v, (int, float)) for m in numbers.values() for v in m.values())
     assert numbers["coda"]["rfid"] == 3.0 and "rfid" not in numbers["ablate_vq"]  # test-only weights
+    assert numbers["coda"]["inception_score"] == 180.0 and "inception_score" not in numbers["ablate_vq"]
     assert "codebook_utilization" not in numbers["vae"] and numbers["coda"]["psnr"] == 24.0
     assert json.loads((out / "provenance" / "coda.json").read_text())["checkpoint_sha256"] == "ab" * 32
     assert "progressive" not in numbers["ablate_rvq"]  # per-k rows are provenance, not DVC metrics
@@ -148,3 +149,25 @@ def test_report_command_reads_the_stage_layout_it_is_given(inputs, tmp_path):
     assert (tmp_path / "cli" / "table1.csv").read_text().startswith(",".join(TABLE1_COLUMNS))
     assert list(pd.read_csv(tmp_path / "cli" / "table1.csv").query("source == 'computed'")["experiment"]) == \
         ["vae", "coda", "ablate_vq", "ablate_rvq"]  # ceiling first, then params.yaml's pipeline order
+
+
+def test_the_original_row_shows_the_validation_images_the_evaluations_saved(tmp_path):
+    from coda.report.build import _originals
+
+    val = np.arange(10 * 2 * 2 * 3, dtype=np.uint8).reshape(10, 2, 2, 3)
+    np.save(tmp_path / "val.npy", val)
+    assert np.array_equal(_originals(tmp_path / "val.npy", {"a": {"recon_sample_indices": [0, 4, 9]}}, 8),
+                          val[[0, 4, 9]])
+    assert np.array_equal(_originals(tmp_path / "val.npy", {"a": {}}, 3), val[:3])  # older records: the first
+
+
+def test_each_tokenizer_gets_its_model_card_with_the_measured_numbers(inputs, tmp_path):
+    from test_tokenizer import small_tokenizer
+
+    directory = small_tokenizer().save_pretrained(tmp_path / "coda_tokenizer")
+    build_report(inputs["metrics"], REPORTED, tmp_path / "out", inputs["meta"],
+                 tokenizers={"coda": directory, "ablate_vq": tmp_path / "never_trained"})
+    assert [p.name for p in (tmp_path / "out" / "model_cards").iterdir()] == ["coda.md"]
+    card = (tmp_path / "out" / "model_cards" / "coda.md").read_text()
+    assert "# CODA tokenizer" in card and "| PSNR (dB) | 24.00 |" in card and "| rFID (Inception-v3) | 3.00 |" in card
+    assert "../figures/reconstructions.png" in card and "Liu_2025_ICCV" in card

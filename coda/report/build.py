@@ -1,11 +1,13 @@
 """The report stage: tables, figures and a README from all metrics files and the published numbers."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from coda.files import write_json, write_text
+from coda.tokenizer import CONFIG_NAME, Tokenizer
 
 from . import figures, readme, tables
 
@@ -19,10 +21,18 @@ def _images(path, count: int) -> np.ndarray:
     return np.ascontiguousarray(np.load(path, mmap_mode="r")[:count])
 
 
+def _originals(val_npy, metrics: dict[str, dict], count: int) -> np.ndarray:
+    """The validation images the evaluations saved reconstructions of (evenly spread over the set)."""
+    images = np.load(val_npy, mmap_mode="r")
+    shown = next((r["recon_sample_indices"] for r in metrics.values() if r.get("recon_sample_indices")), None)
+    # records from before the indices were recorded hold the first images
+    return np.ascontiguousarray(images[:count] if shown is None else images[list(shown)[:count]])
+
+
 def _grid_rows(metrics: dict[str, dict], recon_samples: dict, order: list[str], count: int) -> list:
     rows = []
     if ORIGINAL in recon_samples:
-        rows.append(("original", _images(recon_samples[ORIGINAL], count)))
+        rows.append(("original", _originals(recon_samples[ORIGINAL], metrics, count)))
     for name in order + sorted(set(recon_samples) - set(order) - {ORIGINAL}):
         if name in recon_samples:
             m = metrics.get(name, {})
@@ -33,18 +43,28 @@ def _grid_rows(metrics: dict[str, dict], recon_samples: dict, order: list[str], 
     return rows
 
 
+def model_card(tokenizer_dir: Path, record: dict):
+    """The card ``Tokenizer.save_pretrained`` would write for this tokenizer and evaluation (from its
+    config alone: the card describes the architecture and the measured numbers, not the weights)."""
+    tokenizer = Tokenizer.from_config(json.loads((tokenizer_dir / CONFIG_NAME).read_text()))
+    return tokenizer.generate_model_card(metrics=record, figure=f"../figures/{FIGURE_NAMES['grid']}",
+                                         repo_id=str(tokenizer_dir))
+
+
 def build_report(metrics_files: dict, reported_csv, out_dir, experiments_meta: dict | None = None,
                  train_logs: dict | None = None, recon_samples: dict | None = None,
-                 code_counts: dict | None = None) -> dict[str, Path]:
+                 code_counts: dict | None = None, tokenizers: dict | None = None) -> dict[str, Path]:
     """Write ``table1.csv``, ``ablation.csv``, ``figures/*.png``, ``README.md``, ``metrics/<name>.json``
-    (the numbers only: DVC's metrics) and ``provenance/<name>.json`` (each whole evaluation record)
+    (the numbers only: DVC's metrics), ``provenance/<name>.json`` (each whole evaluation record) and
+    ``model_cards/<name>.md`` (the Hub model card of each tokenizer, with its measured numbers)
     under ``out_dir``.
 
     ``metrics_files``: experiment name -> the evaluate stage's metrics.json.
     ``experiments_meta``: experiment name -> its config block (``method``/``vae`` labels,
     ``quantizer.kind``, ``lora``), also the row order. ``train_logs``: name -> train_log.tsv.
     ``recon_samples``: name -> uint8 N x H x W x 3 .npy, plus ``"original"`` -> the validation
-    images. ``code_counts``: name -> the evaluator's code histogram .npy. Paths that do not exist are
+    images. ``code_counts``: name -> the evaluator's code histogram .npy. ``tokenizers``: name -> the
+    tokenizer directory (its config.json is read). Paths that do not exist are
     left out of the figures. Returns the written paths.
     """
     out_dir = Path(out_dir)
@@ -77,6 +97,11 @@ def build_report(metrics_files: dict, reported_csv, out_dir, experiments_meta: d
     for name, path in (train_logs or {}).items():
         if Path(path).is_file():
             write_text(out_dir / "curves" / f"{name}.tsv", Path(path).read_text())
+    (out_dir / "model_cards").mkdir(exist_ok=True)
+    for name, directory in (tokenizers or {}).items():
+        if name in metrics and (Path(directory) / CONFIG_NAME).is_file():
+            written[f"card_{name}"] = write_text(out_dir / "model_cards" / f"{name}.md",
+                                                 str(model_card(Path(directory), metrics[name])))
     written["readme"] = write_text(out_dir / "README.md",
                                    readme.render(metrics, table1, ablation, list(FIGURE_NAMES.values())))
     return written

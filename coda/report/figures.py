@@ -37,7 +37,7 @@ def reconstruction_grid(rows: list[tuple[str, np.ndarray]], path: Path, columns:
     if not rows:
         return missing_data_figure(path, "Reconstructions", "no reconstruction samples were given")
     columns = min(columns, max(len(images) for _, images in rows))
-    figure = Figure(figsize=(1.3 * columns + 2.2, 1.4 * len(rows)), layout="constrained")
+    figure = Figure(figsize=(2.0 * columns + 2.2, 2.1 * len(rows)), layout="constrained")
     grid = figure.subplots(len(rows), columns, squeeze=False)
     for row, (label, images) in enumerate(rows):
         for column in range(columns):
@@ -48,7 +48,7 @@ def reconstruction_grid(rows: list[tuple[str, np.ndarray]], path: Path, columns:
             else:
                 axes.set_axis_off()
         grid[row][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=LABEL_SIZE)
-    figure.suptitle("Validation images and their reconstructions (first images of the set)")
+    figure.suptitle("Validation images and their reconstructions (evenly spaced over the validation set)")
     return _save(figure, path)
 
 

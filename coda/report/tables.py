@@ -41,15 +41,16 @@ def load_metrics(files: dict[str, str | Path]) -> dict[str, dict]:
 
 
 # The numbers `dvc exp show` compares, one column each (everything else is provenance).
-COMPARED_METRICS = ["rfid", "rfd_vgg16", "psnr", "ssim", "lpips_vgg", "lpips_alex", "codebook_utilization",
+COMPARED_METRICS = ["rfid", "inception_score", "rfd_vgg16", "psnr", "ssim", "lpips_vgg", "lpips_alex", "colour_error",
+                    "codebook_utilization",
                     "code_perplexity", "bits_per_image"]
 
 
 def compared_numbers(metrics: dict) -> dict:
-    """The numeric metrics of one evaluation record (rFID only from the official weights)."""
+    """The numeric metrics of one evaluation record (rFID and Inception Score only from the official weights)."""
     numbers = {key: metrics.get(key) for key in COMPARED_METRICS if metrics.get(key) is not None}
     if shown_rfid(metrics) is None:
-        numbers.pop("rfid", None)
+        numbers.pop("rfid", None), numbers.pop("inception_score", None)
     return numbers
 
 

@@ -16,6 +16,7 @@ rule report:
         metrics=directory("results/metrics"),
         provenance=directory("results/provenance"),
         curves=directory("results/curves"),
+        model_cards=directory("results/model_cards"),
     params: values=tracked("report")
     log: f"{LOGS}/report.log"
     conda: "../envs/coda.yaml"
