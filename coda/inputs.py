@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import experiment_config, scale_block
+from .config import DEFAULT_VAE, experiment_config, scale_block, scale_experiments, scale_vaes
 
 
 @dataclass(frozen=True)
@@ -20,12 +20,17 @@ class ExternalInput:
     what: str           # what it is and which key asked for it
     how: str            # what to do when it is missing
     hub: bool = False   # a Hugging Face hub id rather than a path
+    subfolder: str | None = None  # hub: the model's folder inside the repository
 
     def available(self) -> bool:
         if not self.hub:
             return Path(self.location).expanduser().exists()
         if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("1", "true", "yes", "on"):
             return True  # online: from_pretrained downloads it into the cache
+        if self.subfolder:  # a diffusers model in a folder of a larger repository: its config in the cache
+            from huggingface_hub import try_to_load_from_cache
+
+            return isinstance(try_to_load_from_cache(self.location, f"{self.subfolder}/config.json"), str)
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -55,15 +60,21 @@ def external_inputs(params: dict) -> list[ExternalInput]:
                 needed.append(ExternalInput(prepare[key], f"image folder (scales.{name}.prepare.{key})",
                                             "put the ILSVRC-2012 images there (class subfolders of JPEGs) "
                                             "or point the key at your copy"))
-    vae = scale["vae"]
-    if vae["source"] == "mar" and "path" in vae:
-        needed.append(ExternalInput(vae["path"], f"MAR KL-16 VAE weights (scales.{name}.vae.path)",
-                                    "download kl16.safetensors from the MAR authors' release"))
-    elif vae["source"] == "pretrained" and "path" in vae:
-        needed.append(ExternalInput(vae["path"], f"diffusers VAE (scales.{name}.vae.path)",
-                                    "`huggingface-cli download <id>` where there is network, or a local "
-                                    "diffusers directory", hub=_is_hub_id(vae["path"])))
-    for experiment in params["pipeline"]["experiments"]:
+    for vae_name, vae in scale_vaes(params).items():
+        key = f"scales.{name}.{'vae' if vae_name == DEFAULT_VAE else 'extra_vaes.' + vae_name}.path"
+        if vae["source"] == "mar" and "path" in vae:
+            needed.append(ExternalInput(vae["path"], f"MAR KL-16 VAE weights ({key})",
+                                        "download kl16.safetensors from the MAR authors' release"))
+        elif vae["source"] == "pretrained" and "path" in vae:
+            hub, subfolder = _is_hub_id(vae["path"]), vae.get("subfolder")
+            command = f"huggingface-cli download {vae['path']}" + (f" --include '{subfolder}/*'" if subfolder else "")
+            what = f"diffusers VAE ({key}" + (f", subfolder {subfolder})" if subfolder else ")")
+            needed.append(ExternalInput(vae["path"], what,
+                                        f"`{command}` where there is network (a gated repository: accept its licence "
+                                        "on the Hub and `huggingface-cli login` first), or point the key at a local "
+                                        "diffusers directory", hub=hub, subfolder=subfolder if hub else None))
+    dino_users: dict[str, list[str]] = {}  # one line per DINO file, naming the experiments that read it
+    for experiment in scale_experiments(params):
         config = experiment_config(params, experiment)
         if config.get("kind") == "released":
             for key in ("vae_file", "quantizer_file"):
@@ -75,10 +86,11 @@ def external_inputs(params: dict) -> list[ExternalInput]:
         kind = train.get("discriminator", "auto")
         dino = kind == "dino" or (kind == "auto" and train.get("dino_weights"))
         if dino and train.get("data_mode", "images") == "images" and train.get("gan_weight", 1.0) > 0:
-            where = train.get("dino_weights")
-            needed.append(ExternalInput(where or "(not set)", f"DINO ViT-S/16 weights for the discriminator "
-                                        f"(experiments.{experiment}.train.dino_weights)",
-                                        "download facebook/dino-vits16 and set train.dino_weights"))
+            dino_users.setdefault(train.get("dino_weights") or "(not set)", []).append(experiment)
+    for where, users in dino_users.items():
+        needed.append(ExternalInput(where, f"DINO ViT-S/16 weights for the discriminator "
+                                    f"(train.dino_weights of experiments {', '.join(users)})",
+                                    "download facebook/dino-vits16 and set train.dino_weights"))
     inception = params.get("evaluate", {}).get("inception_weights")
     if inception:
         needed.append(ExternalInput(inception, "Inception-v3 weights for rFID (evaluate.inception_weights)",

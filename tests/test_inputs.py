@@ -26,10 +26,12 @@ def test_paper_scale_without_downloads_lists_every_missing_file(paper):
         check_external_inputs(paper)
     message = str(error.value)
     for expected in ("data/imagenet/train", "data/imagenet/val", "weights/kl16.safetensors",
-                     "weights/coda_f16/vae_ema.pth", "weights/coda_f16/quantizer_ema.pth",
-                     "weights/dino-vits16", "weights/inception.pth"):
+                     "black-forest-labs/FLUX.1-dev", "weights/coda_f16/vae_ema.pth",
+                     "weights/coda_f16/quantizer_ema.pth", "weights/dino-vits16", "weights/inception.pth"):
         assert expected in message
-    assert message.startswith("7 external input(s)")
+    assert message.startswith("8 external input(s)")
+    assert "huggingface-cli download black-forest-labs/FLUX.1-dev --include 'vae/*'" in message
+    assert message.count("weights/dino-vits16") == 1 and "experiments coda, coda_f8" in message
 
 
 def test_paper_scale_refuses_to_start_without_dino_unless_patchgan_is_chosen(paper):
@@ -39,7 +41,29 @@ def test_paper_scale_refuses_to_start_without_dino_unless_patchgan_is_chosen(pap
     assert "weights/dino-vits16" not in [i.location for i in external_inputs(paper)]
 
 
-def test_present_inputs_pass(paper, tmp_path):
+def put_in_hf_cache(cache, repo: str, files: dict[str, bytes]):
+    """A Hugging Face cache entry of ``repo`` at one commit, as a download leaves it (plain files)."""
+    commit = "0" * 40
+    entry = cache / f"models--{repo.replace('/', '--')}"
+    (entry / "refs").mkdir(parents=True, exist_ok=True)
+    (entry / "refs" / "main").write_text(commit)
+    for name, data in files.items():
+        (entry / "snapshots" / commit / name).parent.mkdir(parents=True, exist_ok=True)
+        (entry / "snapshots" / commit / name).write_bytes(data)
+    return entry / "snapshots" / commit
+
+
+@pytest.fixture
+def hf_cache(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    return tmp_path / "hf"
+
+
+def test_present_inputs_pass(paper, tmp_path, hf_cache):
+    put_in_hf_cache(hf_cache, "black-forest-labs/FLUX.1-dev", {"vae/config.json": b"{}"})
     (tmp_path / "data/imagenet/train").mkdir(parents=True)
     (tmp_path / "data/imagenet/val").mkdir(parents=True)
     (tmp_path / "weights").mkdir()
@@ -52,4 +76,19 @@ def test_hub_id_offline_is_looked_up_in_the_local_cache(paper, monkeypatch, tmp_
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     paper["scales"]["imagenet"]["vae"] = {"source": "pretrained", "path": "org/not-cached-vae"}
     missing = [i for i in external_inputs(paper) if not i.available()]
-    assert [i.location for i in missing if i.hub] == ["org/not-cached-vae"]
+    assert [i.location for i in missing if i.hub] == ["org/not-cached-vae", "black-forest-labs/FLUX.1-dev"]
+
+
+def test_a_hub_vae_in_a_subfolder_is_found_in_the_cache_by_its_config(paper, hf_cache):
+    flux = next(i for i in external_inputs(paper) if i.hub)
+    assert (flux.location, flux.subfolder) == ("black-forest-labs/FLUX.1-dev", "vae")
+    put_in_hf_cache(hf_cache, flux.location, {"transformer/config.json": b"{}"})  # another part of the repository
+    assert not flux.available()
+    put_in_hf_cache(hf_cache, flux.location, {"vae/config.json": b"{}"})
+    assert flux.available()
+
+
+def test_a_scale_without_the_vae_of_an_experiment_needs_nothing_for_it(paper):
+    paper["scales"]["imagenet"]["extra_vaes"] = {}
+    locations = [i.location for i in external_inputs(paper)]
+    assert "black-forest-labs/FLUX.1-dev" not in locations and "weights/dino-vits16" in locations
