@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from .config import (DEFAULT_VAE, ParamsError, ceiling_name, experiment_config, experiment_vae, load_params,
-                     scale_block, scale_experiments, scale_vaes, vae_location)
+from .config import (DEFAULT_VAE, ParamsError, at_scale, ceiling_name, experiment_config, experiment_vae,
+                     load_params, scale_block, scale_experiments, scale_vaes, vae_location)
 from .devices import claim_gpu
 from .files import UnreadableFileError, write_json
 from .inputs import check_external_inputs
@@ -130,7 +130,7 @@ def cmd_train(args, params) -> None:
 
     experiment = experiment_config(params, args.experiment)
     out = Path(args.out)
-    if args.experiment not in scale_experiments(params):
+    if not at_scale(params, experiment):
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         _no_row(params, experiment, out / "tokenizer")
         (out / "train_log.tsv").write_text("step\n")
@@ -170,7 +170,7 @@ def cmd_evaluate(args, params) -> None:
     if not args.tokenizer:
         raise SystemExit("coda evaluate: --tokenizer is required for an experiment")
     experiment = experiment_config(params, args.experiment)
-    if args.experiment not in scale_experiments(params):
+    if not at_scale(params, experiment):
         _no_row(params, experiment, out)
         return
     # trained runs save EMA weights; the release ships *_ema.pth

@@ -118,12 +118,15 @@ def experiment_vae(experiment: dict) -> str:
     return experiment.get("vae", DEFAULT_VAE)
 
 
+def at_scale(params: dict, experiment: dict) -> bool:
+    """Whether the current scale declares the experiment's VAE (else the experiment has no row here)."""
+    return experiment_vae(experiment) in scale_vaes(params)
+
+
 def scale_experiments(params: dict) -> list[str]:
-    """The experiments of `pipeline.experiments` that have a row at the current scale: those whose
-    VAE the scale declares. (DVC gives every scale the same stages; the others only record that.)"""
-    vaes = scale_vaes(params)
-    return [name for name in params["pipeline"]["experiments"]
-            if experiment_vae(experiment_config(params, name)) in vaes]
+    """The experiments of `pipeline.experiments` that have a row at the current scale. (DVC gives every
+    scale the same stages; the others' stages only record that they have none.)"""
+    return [name for name in params["pipeline"]["experiments"] if at_scale(params, experiment_config(params, name))]
 
 
 def _vae_problems(params: dict) -> list[str]:
