@@ -42,7 +42,8 @@ def build_report(metrics_files: dict, reported_csv, out_dir, experiments_meta: d
 
     ``metrics_files``: experiment name -> the evaluate stage's metrics.json.
     ``experiments_meta``: experiment name -> its config block (a ``method`` label, a ``vae`` label
-    where the evaluation record has none, ``quantizer.kind``, ``lora``), also the row order. ``train_logs``: name -> train_log.tsv.
+    where the evaluation record has none, ``quantizer.kind``, ``lora``), also the row order.
+    ``train_logs``: name -> train_log.tsv.
     ``recon_samples``: name -> uint8 N x H x W x 3 .npy, plus ``"original"`` -> the validation
     images. ``code_counts``: name -> the evaluator's code histogram .npy. Paths that do not exist are
     left out of the figures. Returns the written paths.
