@@ -12,9 +12,10 @@ import os
 import sys
 from pathlib import Path
 
-from .config import ParamsError, experiment_config, load_params, scale_block
+from .config import (DEFAULT_VAE, ParamsError, at_scale, ceiling_name, experiment_config, experiment_vae,
+                     load_params, scale_block, scale_experiments, scale_vaes, vae_location)
 from .devices import claim_gpu
-from .files import UnreadableFileError
+from .files import UnreadableFileError, write_json
 from .inputs import check_external_inputs
 
 GPU_COMMANDS = ("vae", "cache", "train", "reference", "evaluate", "tokenize")
@@ -73,35 +74,42 @@ def cmd_prepare(args, params) -> None:
 
 
 def cmd_vae(args, params) -> None:
+    """Every VAE of the scale: its `vae` into --out, each of `extra_vaes` into --out/<name>."""
+    for name, cfg in scale_vaes(params).items():
+        _write_vae(name, cfg, args.prepared, vae_location(args.out, name), params["scale"])
+
+
+def _write_vae(name: str, cfg: dict, prepared, out: Path, scale: str) -> None:
     from .data.datasets import train_dataset
     from .files import directory_sha256
     from .vae import ContinuousVAE
 
-    cfg = scale_block(params)["vae"]
-    out = Path(args.out)
+    key = f"scales.{scale}.{'vae' if name == DEFAULT_VAE else 'extra_vaes.' + name}"
     out.mkdir(parents=True, exist_ok=True)
     if cfg["source"] == "train_small":
         from .vae_train import train_small_vae
 
-        vae = train_small_vae(train_dataset(args.prepared), out, architecture=cfg.get("architecture", {}),
+        vae = train_small_vae(train_dataset(prepared), out, architecture=cfg.get("architecture", {}),
                               **cfg.get("train", {}))
     else:
         if "path" not in cfg:
-            raise ParamsError(f"scales.{params['scale']}.vae.path is required for source: {cfg['source']}")
+            raise ParamsError(f"{key}.path is required for source: {cfg['source']}")
         if cfg["source"] == "mar":
             from .compat import load_mar_vae
 
             vae = load_mar_vae(cfg["path"])
         else:
-            vae = ContinuousVAE.from_pretrained(cfg["path"])
+            vae = ContinuousVAE.from_pretrained(cfg["path"], subfolder=cfg.get("subfolder"))
         vae.autoencoder.save_pretrained(out / "vae")
     info_path = out / "vae_info.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     info.update(source=cfg["source"], path=cfg.get("path"), hash=directory_sha256(out / "vae"),
                 latent_channels=vae.latent_channels, downsample_factor=vae.downsample_factor,
                 scaling_factor=vae.scaling_factor, shift_factor=vae.shift_factor)
+    if "subfolder" in cfg:
+        info["subfolder"] = cfg["subfolder"]
     info_path.write_text(json.dumps(info, indent=2) + "\n")
-    print(f"VAE ready in {out / 'vae'} (hash {info['hash'][:12]})")
+    print(f"VAE {name!r} ready in {out / 'vae'} (hash {info['hash'][:12]})")
 
 
 def cmd_cache(args, params) -> None:
@@ -127,10 +135,29 @@ def cmd_train(args, params) -> None:
     from .train.stage import save_released, train
 
     experiment = experiment_config(params, args.experiment)
-    if experiment.get("kind", "train") == "released":
+    out = Path(args.out)
+    if not at_scale(params, experiment):
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        _no_row(params, experiment, out / "tokenizer")
+        (out / "train_log.tsv").write_text("step\n")
+    elif experiment.get("kind", "train") == "released":
         save_released(experiment, args.out)
     else:
-        train(experiment, Path(args.vae) / "vae", args.out, images=args.prepared, latents=args.cache)
+        vae_dir = vae_location(args.vae, experiment_vae(experiment)) / "vae"
+        train(experiment, vae_dir, args.out, images=args.prepared, latents=args.cache)
+
+
+NO_ROW = "not_at_this_scale.json"
+
+
+def _no_row(params, experiment: dict, folder: Path) -> None:
+    """An experiment whose VAE this scale does not declare has no row here. DVC gives every scale the same
+    stages, so its train and evaluate stages still run: they write only this note into their outputs."""
+    reason = (f"experiment {experiment['name']!r} trains on VAE {experiment_vae(experiment)!r}, which scale "
+              f"{params['scale']!r} does not declare (its VAEs: {sorted(scale_vaes(params))})")
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / NO_ROW, {"experiment": experiment["name"], "scale": params["scale"], "reason": reason})
+    print(f"{reason}: no row at this scale, nothing to do")
 
 
 def cmd_reference(args, params) -> None:
@@ -146,30 +173,46 @@ def cmd_reference(args, params) -> None:
 
 
 def cmd_evaluate(args, params) -> None:
+    """One experiment's tokenizer; or, for --experiment vae, every VAE of the scale itself (the ceiling
+    rows): its `vae` into --out, each of `extra_vaes` into --out/<name>."""
+    from .tokenizer import Tokenizer
+
+    out = Path(args.out)
+    if args.experiment == DEFAULT_VAE:
+        posterior = params["experiments"]["base"].get("posterior", "sample")
+        for name in scale_vaes(params):
+            vae_dir = vae_location(args.vae, name)
+            _evaluate(args, params, None, vae_dir, vae_location(out, name), posterior,
+                      experiment=ceiling_name(name), ema=None, method="continuous VAE", checkpoint=str(vae_dir))
+        return
+    if not args.tokenizer:
+        raise SystemExit("coda evaluate: --tokenizer is required for an experiment")
+    experiment = experiment_config(params, args.experiment)
+    if not at_scale(params, experiment):
+        _no_row(params, experiment, out)
+        return
+    # trained runs save EMA weights; the release ships *_ema.pth
+    _evaluate(args, params, Tokenizer.from_pretrained(args.tokenizer),
+              vae_location(args.vae, experiment_vae(experiment)), out, experiment.get("posterior", "sample"),
+              experiment=args.experiment, ema=True, method=None, checkpoint=args.tokenizer)
+
+
+VAE_LABELS = {"train_small": "small KL-VAE (trained on the demo photos)", "mar": "MAR KL-16 VAE"}
+
+
+def _evaluate(args, params, tokenizer, vae_dir: Path, out: Path, posterior: str, *, experiment: str, ema, method,
+              checkpoint: str) -> None:
     from .data.datasets import read_meta
     from .evaluation.evaluate import COUNTS_FILE, METRICS_FILE, NPZ_FILE, SAMPLES_FILE, evaluate_tokenizer
     from .evaluation.reference import REFERENCE_FILE
-    from .tokenizer import Tokenizer
     from .vae import ContinuousVAE
 
     cfg = scale_block(params).get("evaluate", {})
     settings = params.get("evaluate", {})
-    meta = read_meta(args.prepared)
-    out = Path(args.out)
-    if args.experiment == "vae":
-        tokenizer, posterior, checkpoint = None, params["experiments"]["base"].get("posterior", "sample"), args.vae
-        ema, method = None, "continuous VAE"
-    else:
-        if not args.tokenizer:
-            raise SystemExit("coda evaluate: --tokenizer is required for an experiment")
-        experiment = experiment_config(params, args.experiment)
-        tokenizer = Tokenizer.from_pretrained(args.tokenizer)
-        posterior, checkpoint = experiment.get("posterior", "sample"), args.tokenizer
-        ema, method = True, None  # trained runs save EMA weights; the release ships *_ema.pth
-    vae = ContinuousVAE.from_pretrained(Path(args.vae) / "vae")
-    info = json.loads((Path(args.vae) / "vae_info.json").read_text())
-    vae_label = {"train_small": "small KL-VAE (trained on the demo photos)", "mar": "MAR KL-16 VAE"}.get(
-        info["source"], info.get("path"))
+    prepared = read_meta(args.prepared)
+    info = json.loads((vae_dir / "vae_info.json").read_text())
+    label = VAE_LABELS.get(info["source"]) or "/".join(p for p in (info.get("path"), info.get("subfolder")) if p)
+    vae = ContinuousVAE.from_pretrained(vae_dir / "vae") if tokenizer is None else None  # a tokenizer holds its own
     evaluate_tokenizer(
         tokenizer, vae, Path(args.prepared) / "val.npy", out / METRICS_FILE, batch_size=cfg.get("batch_size", 16),
         inception_weights=settings.get("inception_weights"), posterior=posterior, seed=settings.get("seed", 0),
@@ -179,8 +222,8 @@ def cmd_evaluate(args, params) -> None:
         reference_file=Path(args.reference) / REFERENCE_FILE,
         fid_protocol=settings.get("fid_protocol", "torch-fidelity"),
         npz_out=out / NPZ_FILE if cfg.get("export_npz", False) else None,
-        meta={"experiment": args.experiment, "dataset": meta.get("dataset"), "crop": meta.get("crop"),
-              "ema": ema, "method": method, "checkpoint": checkpoint, "vae": vae_label})
+        meta={"experiment": experiment, "dataset": prepared.get("dataset"), "crop": prepared.get("crop"),
+              "ema": ema, "method": method, "checkpoint": checkpoint, "vae": label})
 
 
 def cmd_tokenize(args, params) -> None:
@@ -208,14 +251,16 @@ def cmd_report(args, params) -> None:
     from .evaluation.evaluate import COUNTS_FILE, METRICS_FILE, SAMPLES_FILE
     from .report.build import build_report
 
-    names = params["pipeline"]["experiments"]
+    names = scale_experiments(params)
     train, evaluated = Path(args.train), Path(args.eval)
+    folders = {ceiling_name(v): vae_location(evaluated / DEFAULT_VAE, v) for v in scale_vaes(params)}
+    folders |= {n: evaluated / n for n in names}
     build_report(
-        {n: evaluated / n / METRICS_FILE for n in ["vae", *names]}, args.reported, args.out,
+        {n: folder / METRICS_FILE for n, folder in folders.items()}, args.reported, args.out,
         experiments_meta={name: experiment_config(params, name) for name in names},
         train_logs={n: train / n / "train_log.tsv" for n in names},
         recon_samples={"original": Path(args.prepared) / "val.npy",
-                       **{n: evaluated / n / SAMPLES_FILE for n in ["vae", *names]}},
+                       **{n: folder / SAMPLES_FILE for n, folder in folders.items()}},
         code_counts={n: evaluated / n / COUNTS_FILE for n in names},
         tokenizers={n: train / n / "tokenizer" for n in names})
 

@@ -64,6 +64,7 @@ def validate_params(params: dict, schema: dict, source: str = "params.yaml") -> 
             problems.append(f"scales.{params['scale']}.tokenize.shard_size: {shard} is not a multiple of the "
                             f"evaluate batch size {batch} (each batch must draw the same posterior noise as "
                             f"evaluate's)")
+        problems += _vae_problems(params) if not problems else []
     if problems:
         raise ParamsError(f"{source} is invalid:\n  - " + "\n  - ".join(problems))
 
@@ -97,6 +98,62 @@ def deep_merge(base: dict, override: dict | None) -> dict:
 
 def scale_block(params: dict) -> dict:
     return params["scales"][params["scale"]]
+
+
+# -- the VAEs of a scale ---------------------------------------------------------------------
+# A scale's `vae` block is its VAE named "vae": the latent cache, every experiment that names no VAE
+# and the ceiling row `vae` use it. `extra_vaes` adds named ones; an experiment picks one with
+# `vae: <name>`, and at a scale that does not declare that name it has no row (docs/pipeline.md).
+DEFAULT_VAE = "vae"
+
+
+def scale_vaes(params: dict) -> dict[str, dict]:
+    """The current scale's VAEs by name, its `vae` first."""
+    scale = scale_block(params)
+    return {DEFAULT_VAE: scale["vae"], **scale.get("extra_vaes", {})}
+
+
+def vae_location(root, name: str) -> Path:
+    """VAE `name`'s folder in a per-VAE tree (work/<scale>/vae, work/<scale>/eval/vae): the root for
+    the scale's `vae`, the subfolder `name` for an extra one."""
+    return Path(root) if name == DEFAULT_VAE else Path(root) / name
+
+
+def ceiling_name(vae: str) -> str:
+    """The row of VAE `vae` itself, no quantizer: `vae`, or `vae_<name>` for an extra VAE."""
+    return DEFAULT_VAE if vae == DEFAULT_VAE else f"{DEFAULT_VAE}_{vae}"
+
+
+def experiment_vae(experiment: dict) -> str:
+    return experiment.get("vae", DEFAULT_VAE)
+
+
+def at_scale(params: dict, experiment: dict) -> bool:
+    """Whether the current scale declares the experiment's VAE (else the experiment has no row here)."""
+    return experiment_vae(experiment) in scale_vaes(params)
+
+
+def scale_experiments(params: dict) -> list[str]:
+    """The experiments of `pipeline.experiments` that have a row at the current scale. (DVC gives every
+    scale the same stages; the others' stages only record that they have none.)"""
+    return [name for name in params["pipeline"]["experiments"] if at_scale(params, experiment_config(params, name))]
+
+
+def _vae_problems(params: dict) -> list[str]:
+    declared = {DEFAULT_VAE} | {name for scale in params["scales"].values() for name in scale.get("extra_vaes", {})}
+    problems = []
+    for name in params["pipeline"]["experiments"]:
+        experiment = experiment_config(params, name)
+        vae, train = experiment_vae(experiment), experiment.get("train", {})
+        if vae not in declared:
+            problems.append(f"experiments.{name}.vae: {vae!r} is no scale's VAE; declared: {sorted(declared)} "
+                            "(a scale's `vae` is 'vae', its `extra_vaes` by name)")
+        elif vae != DEFAULT_VAE and vae in scale_vaes(params) and (
+                train.get("data_mode") == "latents" or train.get("quantizer_warmup_steps", 0) > 0):
+            problems.append(f"experiments.{name}: trains on cached latents (data_mode: latents or "
+                            f"quantizer_warmup_steps), but the latent cache holds the scale's `vae` only, not "
+                            f"{vae!r}: use data_mode: images without warm-up, or drop `vae`")
+    return problems
 
 
 def experiment_config(params: dict, name: str) -> dict:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import experiment_config, scale_block
+from .config import DEFAULT_VAE, experiment_config, scale_block, scale_experiments, scale_vaes
 
 
 @dataclass(frozen=True)
@@ -129,21 +129,23 @@ def external_inputs(params: dict) -> list[ExternalInput]:
                 needed.append(ExternalInput(prepare[key], f"image folder (scales.{name}.prepare.{key})",
                                             "put the ILSVRC-2012 images there (class subfolders of JPEGs) "
                                             "or point the key at your copy"))
-    vae = scale["vae"]
-    if vae["source"] == "mar" and "path" in vae:
-        needed.append(ExternalInput(vae["path"], f"MAR KL-16 VAE weights (scales.{name}.vae.path)",
-                                    "put MAR's kl16.safetensors there", MAR_KL16))
-    elif vae["source"] == "pretrained" and "path" in vae:
-        if _is_hub_id(vae["path"]):
-            prefix = f"{vae['subfolder']}/" if vae.get("subfolder") else ""
-            needed.append(ExternalInput(vae["path"], f"diffusers VAE (scales.{name}.vae.path)",
-                                        "give a local diffusers directory instead",
-                                        HubFiles(vae["path"], tuple(prefix + f for f in DIFFUSERS_VAE_FILES)),
-                                        in_cache=True))
-        else:
-            needed.append(ExternalInput(vae["path"], f"diffusers VAE (scales.{name}.vae.path)",
-                                        "put a diffusers AutoencoderKL directory there"))
-    for experiment in params["pipeline"]["experiments"]:
+    for vae_name, vae in scale_vaes(params).items():
+        key = f"scales.{name}.{'vae' if vae_name == DEFAULT_VAE else 'extra_vaes.' + vae_name}.path"
+        if vae["source"] == "mar" and "path" in vae:
+            needed.append(ExternalInput(vae["path"], f"MAR KL-16 VAE weights ({key})",
+                                        "put MAR's kl16.safetensors there", MAR_KL16))
+        elif vae["source"] == "pretrained" and "path" in vae:
+            subfolder = vae.get("subfolder")
+            what = f"diffusers VAE ({key}" + (f", subfolder {subfolder})" if subfolder else ")")
+            if _is_hub_id(vae["path"]):
+                prefix = f"{subfolder}/" if subfolder else ""
+                needed.append(ExternalInput(vae["path"], what, "give a local diffusers directory instead",
+                                            HubFiles(vae["path"], tuple(prefix + f for f in DIFFUSERS_VAE_FILES)),
+                                            in_cache=True))
+            else:
+                needed.append(ExternalInput(vae["path"], what, "put a diffusers AutoencoderKL directory there"))
+    dino_users: dict[str, list[str]] = {}  # one line per DINO file, naming the experiments that read it
+    for experiment in scale_experiments(params):
         config = experiment_config(params, experiment)
         if config.get("kind") == "released":
             needed += _released(config, experiment)
@@ -152,12 +154,13 @@ def external_inputs(params: dict) -> list[ExternalInput]:
         kind = train.get("discriminator", "auto")
         dino = kind == "dino" or (kind == "auto" and train.get("dino_weights"))
         if dino and train.get("data_mode", "images") == "images" and train.get("gan_weight", 1.0) > 0:
-            where = train.get("dino_weights")
-            directory = where and not Path(where).suffix  # a directory of the hub's files can be fetched
-            needed.append(ExternalInput(where or "(not set)", f"DINO ViT-S/16 weights for the discriminator "
-                                        f"(experiments.{experiment}.train.dino_weights)",
-                                        "put the facebook/dino-vits16 files there and set train.dino_weights",
-                                        DINO_VITS16 if directory else None))
+            dino_users.setdefault(train.get("dino_weights") or "(not set)", []).append(experiment)
+    for where, users in dino_users.items():
+        directory = where != "(not set)" and not Path(where).suffix  # a directory of the hub's files can be fetched
+        needed.append(ExternalInput(where, f"DINO ViT-S/16 weights for the discriminator "
+                                    f"(train.dino_weights of experiments {', '.join(users)})",
+                                    "put the facebook/dino-vits16 files there and set train.dino_weights",
+                                    DINO_VITS16 if directory else None))
     settings = params.get("evaluate", {})
     if settings.get("inception_weights") or scale.get("evaluate", {}).get("require_rfid"):
         needed.append(ExternalInput(_inception_path(settings), "Inception-v3 weights for rFID "

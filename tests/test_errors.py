@@ -61,7 +61,8 @@ def test_a_bad_image_under_on_bad_image_error_is_named_with_exit_2(tmp_path, cap
         "scale": "imagenet", "prepare.on_bad_image": "error",
         "scales.imagenet.prepare": {"source": "folder", "train_dir": str(tmp_path / "train"),
                                     "val_dir": str(tmp_path / "val"), "resolution": 32},
-        "scales.imagenet.vae": {"source": "train_small"},
+        "scales.imagenet.vae": {"source": "train_small"}, "scales.imagenet.extra_vaes": {},  # no FLUX VAE,
+        "pipeline.experiments": ["coda"],                                                     # so no f8 row
         "scales.imagenet.experiment.train.discriminator": "patchgan",  # no DINO weights needed here
         "scales.imagenet.evaluate.require_rfid": False})  # nor Inception weights
     assert main(["prepare", "--params", str(params), "--out", str(tmp_path / "prepared")]) == 2

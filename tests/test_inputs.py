@@ -35,9 +35,10 @@ def test_paper_scale_without_downloads_lists_every_missing_file(paper):
     message = str(error.value)
     for expected in ("data/imagenet/train", "data/imagenet/val", "weights/kl16.safetensors",
                      "shuidi0020/CODA (mar_v16384/vae_ema.pth, mar_v16384/quantizer_ema.pth)",
-                     "weights/dino-vits16", "weights/inception.pth"):
+                     "black-forest-labs/FLUX.1-dev", "weights/dino-vits16", "weights/inception.pth"):
         assert expected in message
-    assert message.startswith("6 external input(s)")
+    assert message.startswith("7 external input(s)")
+    assert message.count("weights/dino-vits16") == 1 and "experiments coda, coda_f8" in message
     # the released checkpoints as local files instead of their hub repository
     paper["experiments"]["released"].update(repo=None, vae_file="mine/vae_ema.pth", quantizer_file="mine/q.pth")
     locations = [item.location for item in external_inputs(paper)]
@@ -51,7 +52,30 @@ def test_paper_scale_refuses_to_start_without_dino_unless_patchgan_is_chosen(pap
     assert "weights/dino-vits16" not in [i.location for i in external_inputs(paper)]
 
 
-def test_present_inputs_pass(paper, tmp_path):
+def put_in_hf_cache(cache, repo: str, files: dict[str, bytes]):
+    """A Hugging Face cache entry of ``repo`` at one commit, as a download leaves it (plain files)."""
+    commit = "0" * 40
+    entry = cache / f"models--{repo.replace('/', '--')}"
+    (entry / "refs").mkdir(parents=True, exist_ok=True)
+    (entry / "refs" / "main").write_text(commit)
+    for name, data in files.items():
+        (entry / "snapshots" / commit / name).parent.mkdir(parents=True, exist_ok=True)
+        (entry / "snapshots" / commit / name).write_bytes(data)
+    return entry / "snapshots" / commit
+
+
+@pytest.fixture
+def hf_cache(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    return tmp_path / "hf"
+
+
+def test_present_inputs_pass(paper, tmp_path, hf_cache):
+    put_in_hf_cache(hf_cache, "black-forest-labs/FLUX.1-dev",
+                    {"vae/config.json": b"{}", "vae/diffusion_pytorch_model.safetensors": b""})
     (tmp_path / "data/imagenet/train").mkdir(parents=True)
     (tmp_path / "data/imagenet/val").mkdir(parents=True)
     (tmp_path / "weights").mkdir()
@@ -67,4 +91,19 @@ def test_present_inputs_pass(paper, tmp_path):
 def test_hub_id_offline_is_looked_up_in_the_local_cache(paper, monkeypatch, tmp_path):
     paper["scales"]["imagenet"]["vae"] = {"source": "pretrained", "path": "org/not-cached-vae"}
     missing = [i for i in external_inputs(paper) if not i.available()]
-    assert [i.location for i in missing if i.in_cache] == ["org/not-cached-vae"]
+    assert [i.location for i in missing if i.in_cache] == ["org/not-cached-vae", "black-forest-labs/FLUX.1-dev"]
+
+
+def test_a_hub_vae_in_a_subfolder_is_found_in_the_cache_by_its_files(paper, hf_cache):
+    flux = next(i for i in external_inputs(paper) if i.location == "black-forest-labs/FLUX.1-dev")
+    assert flux.in_cache and flux.source.files == ("vae/config.json", "vae/diffusion_pytorch_model.safetensors")
+    put_in_hf_cache(hf_cache, flux.location, {"transformer/config.json": b"{}"})  # another part of the repository
+    assert not flux.available()
+    put_in_hf_cache(hf_cache, flux.location, {"vae/config.json": b"{}", "vae/diffusion_pytorch_model.safetensors": b""})
+    assert flux.available()
+
+
+def test_a_scale_without_the_vae_of_an_experiment_needs_nothing_for_it(paper):
+    paper["scales"]["imagenet"]["extra_vaes"] = {}
+    locations = [i.location for i in external_inputs(paper)]
+    assert "black-forest-labs/FLUX.1-dev" not in locations and "weights/dino-vits16" in locations

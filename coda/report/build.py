@@ -60,8 +60,9 @@ def build_report(metrics_files: dict, reported_csv, out_dir, experiments_meta: d
     under ``out_dir``.
 
     ``metrics_files``: experiment name -> the evaluate stage's metrics.json.
-    ``experiments_meta``: experiment name -> its config block (``method``/``vae`` labels,
-    ``quantizer.kind``, ``lora``), also the row order. ``train_logs``: name -> train_log.tsv.
+    ``experiments_meta``: experiment name -> its config block (a ``method`` label, a ``vae`` label
+    where the evaluation record has none, ``quantizer.kind``, ``lora``), also the row order.
+    ``train_logs``: name -> train_log.tsv.
     ``recon_samples``: name -> uint8 N x H x W x 3 .npy, plus ``"original"`` -> the validation
     images. ``code_counts``: name -> the evaluator's code histogram .npy. ``tokenizers``: name -> the
     tokenizer directory (its config.json is read). Paths that do not exist are

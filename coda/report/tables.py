@@ -89,7 +89,8 @@ def _text(value) -> str | None:
 
 def computed_row(name: str, metrics: dict, meta: dict) -> dict:
     return {"experiment": name, "method": method_label(metrics, meta), "source": COMPUTED,
-            "vae": _text(meta.get("vae")) or metrics.get("vae"),
+            # the evaluation's own label first: an experiment's `vae` key is the name of the scale VAE it trains on
+            "vae": metrics.get("vae") or _text(meta.get("vae")),
             "downsample": None if metrics.get("downsample") is None else str(metrics["downsample"]),
             "rfid": shown_rfid(metrics),
             **{key: metrics.get(key) for key in TABLE1_COLUMNS if key not in
