@@ -57,6 +57,7 @@ def paper(tmp_path, monkeypatch):
     monkeypatch.setattr(inputs, "INCEPTION", UrlFile(source.as_uri(), hashlib.sha256(source.read_bytes()).hexdigest(),
                                                      source.stat().st_size))
     params = load_params(ROOT / "params.yaml", scale="imagenet")
+    params["scales"]["imagenet"]["extra_vaes"] = {}  # the f16 row's weights; the FLUX VAE is one more hub VAE
     return {"params": params, "cache": cache, "tmp": tmp_path, "run": run,
             "inception": tmp_path / "torch/hub/checkpoints" / INCEPTION_NAME}
 
@@ -206,7 +207,10 @@ def test_a_checksum_mismatch_is_one_line_and_the_file_is_not_used(paper, monkeyp
     assert not Path("weights/kl16.safetensors").exists() and not Path("work/imagenet/fetched.json").exists()
 
     # the same through the command: one line, exit status 2
-    (Path("params.yaml")).write_text((ROOT / "params.yaml").read_text())
+    flux = "path: black-forest-labs/FLUX.1-dev, subfolder: vae"  # a local FLUX VAE: only kl16 is fetched here
+    assert flux in (ROOT / "params.yaml").read_text()
+    Path("params.yaml").write_text((ROOT / "params.yaml").read_text().replace(flux, "path: flux-vae"))
+    Path("flux-vae").mkdir()
     (Path("workflow/schemas")).mkdir(parents=True)
     (Path("workflow/schemas/params.schema.yaml")).write_text((ROOT / "workflow/schemas/params.schema.yaml").read_text())
     assert main(["fetch", "--scale", "imagenet", "--out", "work/imagenet/fetched.json"]) == 2
