@@ -80,11 +80,17 @@ def cmd_vae(args, params) -> None:
 
 
 def _write_vae(name: str, cfg: dict, prepared, out: Path, scale: str) -> None:
-    from .data.datasets import train_dataset
+    from .data.datasets import read_meta, train_dataset
     from .files import directory_sha256
     from .vae import ContinuousVAE
 
     key = f"scales.{scale}.{'vae' if name == DEFAULT_VAE else 'extra_vaes.' + name}"
+    if "recipe" in cfg:  # a VAE this project pretrained and ships: refuse a stale or edited one first
+        from .vae_train import check_pretrained
+
+        if "path" not in cfg:
+            raise ParamsError(f"{key}.path is required with a recipe: where coda pretrain-vae writes the VAE")
+        check_pretrained(cfg["path"], cfg["recipe"], read_meta(prepared)["resolution"], key)
     out.mkdir(parents=True, exist_ok=True)
     if cfg["source"] == "train_small":
         from .vae_train import train_small_vae
@@ -110,6 +116,25 @@ def _write_vae(name: str, cfg: dict, prepared, out: Path, scale: str) -> None:
         info["subfolder"] = cfg["subfolder"]
     info_path.write_text(json.dumps(info, indent=2) + "\n")
     print(f"VAE {name!r} ready in {out / 'vae'} (hash {info['hash'][:12]})")
+
+
+def pretrain_vae_command(args, params) -> None:
+    """Not a stage: builds, once, the pretrained VAE that the scale's `vae` stage then reads."""
+    from .vae_train import pretrain_vae
+
+    scale = params["scale"]
+    cfg = scale_block(params)["vae"]
+    if "recipe" not in cfg:
+        raise ParamsError(f"scales.{scale}.vae has no recipe: coda pretrain-vae builds a VAE from "
+                          f"scales.<scale>.vae.recipe (see scales.demo.vae)")
+    if scale_block(params)["prepare"]["source"] != "demo":
+        raise ParamsError(f"coda pretrain-vae trains on the bundled demo photos; scales.{scale}.prepare.source "
+                          "is not demo")
+    out = Path(args.out or cfg["path"])
+    command = " ".join(["coda pretrain-vae", f"--scale {scale}"] + ([f"--out {args.out}"] if args.out else []))
+    provenance = pretrain_vae(cfg["recipe"], scale_block(params)["prepare"]["resolution"], out, command=command)
+    print(f"pretrained VAE in {out}: {provenance['steps']} steps in {provenance['train_seconds']:.0f} s, "
+          f"weights sha256 {provenance['weights_sha256'][:12]}")
 
 
 def cmd_cache(args, params) -> None:
@@ -287,6 +312,13 @@ COMMANDS = {
 }
 
 
+# Run once by a maintainer, not by the DAG (tests/test_pipeline.py reads every cmd_* function as a stage).
+BUILD_COMMANDS = {
+    "pretrain-vae": (pretrain_vae_command, "train the scale's pretrained VAE from scales.<scale>.vae.recipe "
+                     "into its path (the demo's models/demo-vae; make demo-vae), on the CPU"),
+}
+
+
 def run_on_files(args) -> None:
     from . import image_files
 
@@ -347,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common_arguments(p)
         for flag in arguments:
             p.add_argument(flag, required=flag != "--tokenizer" or name != "evaluate")
+    for name, (_, help_text) in BUILD_COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+        p.add_argument("--scale", help="override params.yaml's `scale`")
+        p.add_argument("--out", help="where to write it (default: the scale's vae.path)")
+        _add_common_arguments(p)
     for name, (help_text, inputs_help) in FILE_COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         _add_file_arguments(p, name, inputs_help)
@@ -365,10 +403,11 @@ def main(argv=None) -> int:
             run_on_files(args)
             return 0
         params = load_params(args.params, scale=args.scale)
-        check_external_inputs(params)  # DVC's up-front refusal; Snakemake runs it in onstart too
+        if args.command in COMMANDS:  # a build command makes its input
+            check_external_inputs(params)  # DVC's up-front refusal; Snakemake runs it in onstart too
         if args.command in GPU_COMMANDS:
             claim_gpu()  # before anything touches CUDA: this job's own card, never one another job holds
-        COMMANDS[args.command][0](args, params)
+        (COMMANDS | BUILD_COMMANDS)[args.command][0](args, params)
     except Exception as error:
         if args.debug or not isinstance(error, user_errors()):
             raise

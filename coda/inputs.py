@@ -143,7 +143,9 @@ def external_inputs(params: dict) -> list[ExternalInput]:
                                             HubFiles(vae["path"], tuple(prefix + f for f in DIFFUSERS_VAE_FILES)),
                                             in_cache=True))
             else:
-                needed.append(ExternalInput(vae["path"], what, "put a diffusers AutoencoderKL directory there"))
+                how = ("rebuild it with `make demo-vae` (coda pretrain-vae), or restore it with `git checkout "
+                       f"{vae['path']}`" if "recipe" in vae else "put a diffusers AutoencoderKL directory there")
+                needed.append(ExternalInput(vae["path"], what, how))
     dino_users: dict[str, list[str]] = {}  # one line per DINO file, naming the experiments that read it
     for experiment in scale_experiments(params):
         config = experiment_config(params, experiment)

@@ -1,11 +1,20 @@
-"""Train the small KL-VAE that stands in for a pretrained one at demo scale.
+"""Train the small KL-VAE that stands in for a pretrained one at demo and tiny scale.
 
-No pretrained VAE can be downloaded offline, so the demo first fits a small diffusers
-``AutoencoderKL`` on the demo photographs (L1 + MSE reconstruction and a small KL term, as LDM's
+No pretrained VAE can be downloaded offline, so the project fits a small diffusers
+``AutoencoderKL`` on the bundled photographs (L1 + MSE reconstruction and a small KL term, as LDM's
 KL autoencoders are trained, without the GAN). CODA then treats it as the frozen continuous VAE.
+
+Two ways: ``train_small_vae`` inside the `vae` stage (tiny scale: seconds), or ``pretrain_vae``
+once, for longer than a demo run can afford (``coda pretrain-vae``, ``make demo-vae``): it writes a
+diffusers folder with its provenance (recipe, command, commit, data hash, steps) that the repository
+ships (models/demo-vae) and the demo's `vae` stage reads like any pretrained VAE.
 """
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
-from .files import write_json
+from .files import file_sha256, library_versions, write_json
 from .train.schedule import learning_rate
 from .vae import ContinuousVAE
 
@@ -26,11 +35,12 @@ def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 def train_small_vae(dataset, out_dir: str | Path, *, architecture: dict, steps: int, batch_size: int,
                     lr: float = 1e-3, warmup: int = 50, kl_weight: float = 1e-6, mse_weight: float = 1.0,
-                    seed: int = 0, num_workers: int = 0) -> ContinuousVAE:
+                    seed: int = 0, flip: bool = False, num_workers: int = 0) -> ContinuousVAE:
     """Fit ``ContinuousVAE.small(**architecture)`` on ``dataset`` (images in [-1, 1]) and save it.
 
     Writes ``out_dir/vae`` (diffusers ``save_pretrained``), ``out_dir/train_log.tsv`` and
-    ``out_dir/vae_info.json``. The latent scale factor is then set from the training data so the
+    ``out_dir/vae_info.json``. ``flip``: mirror each image left-right with probability 1/2 (drawn
+    from the run's generator). The latent scale factor is then set from the training data so the
     normalised latent has unit variance, as the paper's VAEs' factors were chosen.
     """
     out_dir = Path(out_dir)
@@ -47,6 +57,9 @@ def train_small_vae(dataset, out_dir: str | Path, *, architecture: dict, steps: 
     bar = tqdm(total=steps, desc="train vae", unit="step", mininterval=10)
     start = time.perf_counter()
     for step, images in enumerate(loader):
+        if flip:
+            mirrored = torch.rand(len(images), generator=generator) < 0.5
+            images = torch.where(mirrored[:, None, None, None], images.flip(3), images)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, steps, lr, warmup)
         posterior = vae.encode(images)
@@ -71,7 +84,7 @@ def train_small_vae(dataset, out_dir: str | Path, *, architecture: dict, steps: 
     vae.autoencoder.register_to_config(scaling_factor=scale, shift_factor=None)
     vae.autoencoder.save_pretrained(out_dir / "vae")
     info = {"architecture": architecture, "steps": steps, "batch_size": batch_size, "lr": lr,
-            "kl_weight": kl_weight, "scaling_factor": scale, "seed": seed}
+            "kl_weight": kl_weight, "flip": flip, "scaling_factor": scale, "seed": seed}
     write_json(out_dir / "vae_info.json", info)
     return ContinuousVAE.from_pretrained(out_dir / "vae")
 
@@ -87,3 +100,85 @@ def latent_scale_factor(vae: ContinuousVAE, dataset, batch_size: int, max_images
         if sum(len(s) for s in samples) >= max_images:
             break
     return round(1.0 / torch.cat(samples).std().item(), 4)
+
+
+# ---- a pretrained VAE, built once and shipped -----------------------------------------------------
+PROVENANCE = "provenance.json"
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def pretrain_vae(recipe: dict, resolution: int, out_dir: str | Path, *, command: str) -> dict:
+    """Train ``recipe`` on the demo photos' train split and write ``out_dir``: the diffusers folder,
+    its ``train_log.tsv`` and ``provenance.json``; returns the provenance.
+
+    recipe: {prepare: {crops_per_train_photo, seed}, architecture: {...}, train: {steps, ...}, threads}.
+    Only the train split's crops are trained on (prepare_demo keeps the validation photos apart). With the same recipe, library versions and thread count
+    the weights are the same bit for bit (the provenance records all three). ``out_dir`` is replaced
+    only when everything is written.
+    """
+    from .data import prepare_demo
+    from .data.datasets import train_dataset
+
+    out_dir = Path(out_dir)
+    torch.set_num_threads(int(recipe["threads"]))
+    with tempfile.TemporaryDirectory(dir=out_dir.parent if out_dir.parent.exists() else None) as tmp:
+        tmp = Path(tmp)
+        prepared = prepare_demo(tmp / "prepared", resolution=resolution, crops_per_val_photo=1,
+                                on_bad_image="error", **recipe["prepare"])
+        start = time.perf_counter()
+        train_small_vae(train_dataset(tmp / "prepared"), tmp / "run", architecture=recipe["architecture"],
+                        **recipe["train"])
+        seconds = time.perf_counter() - start
+        staging = tmp / "vae"
+        shutil.copytree(tmp / "run" / "vae", staging)
+        shutil.copy2(tmp / "run" / "train_log.tsv", staging / "train_log.tsv")
+        info = json.loads((tmp / "run" / "vae_info.json").read_text())
+        provenance = {
+            "recipe": recipe, "resolution": resolution, "command": command, **_git_state(),
+            "train_data": {"sha256": file_sha256(tmp / "prepared" / "train.npy"),
+                           "crops": prepared["counts"]["train"],
+                           "photos": [p["name"] for p in prepared["train_photos"]],
+                           "held_out_photos": [p["name"] for p in prepared["val_photos"]]},
+            "steps": recipe["train"]["steps"], "scaling_factor": info["scaling_factor"],
+            "threads": torch.get_num_threads(), "train_seconds": round(seconds, 1),
+            "weights_sha256": file_sha256(staging / WEIGHTS), "versions": library_versions(),
+        }
+        write_json(staging / PROVENANCE, provenance)
+        for path in [staging, *staging.iterdir()]:  # the temporary directory's owner-only modes
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    return provenance
+
+
+def check_pretrained(path: str | Path, recipe: dict, resolution: int, key: str) -> dict:
+    """The provenance of a shipped pretrained VAE, refused when its weights are not the ones it
+    records or when it was built from another recipe than params.yaml's ``key``."""
+    path = Path(path)
+    rebuild = f"rebuild it with `make demo-vae` (coda pretrain-vae), or restore it with `git checkout {path}`"
+    record = path / PROVENANCE
+    if not record.is_file():
+        raise FileNotFoundError(f"{record} not found: {path} is not a VAE built by coda pretrain-vae; {rebuild}")
+    provenance = json.loads(record.read_text())
+    weights = path / WEIGHTS
+    if not weights.is_file() or file_sha256(weights) != provenance["weights_sha256"]:
+        raise FileNotFoundError(f"{weights} is missing or not the file {record} records (sha256 "
+                                f"{provenance['weights_sha256'][:12]}...); {rebuild}")
+    if provenance["recipe"] != recipe or provenance["resolution"] != resolution:
+        from .config import ParamsError
+
+        raise ParamsError(f"{path} was built from another recipe than {key}.recipe at resolution {resolution} "
+                          f"({record} holds the one it was built from): {rebuild}")
+    return provenance
+
+
+def _git_state() -> dict:
+    """The commit the code came from, and whether the checkout had uncommitted changes."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                    text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "uncommitted_changes": None}
+    return {"commit": commit, "uncommitted_changes": dirty}
