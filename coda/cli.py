@@ -193,7 +193,8 @@ def cmd_reference(args, params) -> None:
     metadata = compute_reference(Path(args.prepared) / "val.npy", Path(args.out) / REFERENCE_FILE,
                                  batch_size=cfg.get("batch_size", 16), max_images=cfg.get("max_images"),
                                  inception_weights=settings.get("inception_weights"),
-                                 fid_protocol=settings.get("fid_protocol", "torch-fidelity"))
+                                 fid_protocol=settings.get("fid_protocol", "torch-fidelity"),
+                                 vgg16=cfg.get("rfd_vgg16", True))
     print(json.dumps({"num_images": metadata["num_images"], "feature_sets": metadata["feature_sets"]}))
 
 
@@ -246,7 +247,7 @@ def _evaluate(args, params, tokenizer, vae_dir: Path, out: Path, posterior: str,
         max_images=cfg.get("max_images"), progressive=settings.get("progressive", "none"),
         reference_file=Path(args.reference) / REFERENCE_FILE,
         fid_protocol=settings.get("fid_protocol", "torch-fidelity"),
-        npz_out=out / NPZ_FILE if cfg.get("export_npz", False) else None,
+        npz_out=out / NPZ_FILE if cfg.get("export_npz", False) else None, rfd_vgg16=cfg.get("rfd_vgg16", True),
         meta={"experiment": experiment, "dataset": prepared.get("dataset"), "crop": prepared.get("crop"),
               "ema": ema, "method": method, "checkpoint": checkpoint, "vae": label})
 

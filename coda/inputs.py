@@ -134,7 +134,8 @@ def external_inputs(params: dict) -> list[ExternalInput]:
         if vae["source"] == "mar" and "path" in vae:
             needed.append(ExternalInput(vae["path"], f"MAR KL-16 VAE weights ({key})",
                                         "put MAR's kl16.safetensors there", MAR_KL16))
-        elif vae["source"] == "pretrained" and "path" in vae:
+        # a VAE with a recipe is the repository's own (models/demo-vae): the vae stage checks it
+        elif vae["source"] == "pretrained" and "path" in vae and "recipe" not in vae:
             subfolder = vae.get("subfolder")
             what = f"diffusers VAE ({key}" + (f", subfolder {subfolder})" if subfolder else ")")
             if _is_hub_id(vae["path"]):
@@ -143,9 +144,7 @@ def external_inputs(params: dict) -> list[ExternalInput]:
                                             HubFiles(vae["path"], tuple(prefix + f for f in DIFFUSERS_VAE_FILES)),
                                             in_cache=True))
             else:
-                how = ("rebuild it with `make demo-vae` (coda pretrain-vae), or restore it with `git checkout "
-                       f"{vae['path']}`" if "recipe" in vae else "put a diffusers AutoencoderKL directory there")
-                needed.append(ExternalInput(vae["path"], what, how))
+                needed.append(ExternalInput(vae["path"], what, "put a diffusers AutoencoderKL directory there"))
     dino_users: dict[str, list[str]] = {}  # one line per DINO file, naming the experiments that read it
     for experiment in scale_experiments(params):
         config = experiment_config(params, experiment)

@@ -15,7 +15,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-PIPELINE_FILES = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "profiles", "references", "coda", "pyproject.toml"]
+PIPELINE_FILES = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "profiles", "references", "models", "coda",
+                  "pyproject.toml"]
 
 
 def pipeline_copy(tmp_path: Path, scale: str | None = None) -> Path:

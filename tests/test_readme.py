@@ -80,3 +80,13 @@ def test_readme_torchrun_line_trains_data_parallel(tmp_path):
     out = work / words[words.index("--out") + 1]
     assert json.loads((out / "run.json").read_text())["world_size"] == 2
     assert (out / "tokenizer" / "model.safetensors").is_file()
+
+
+def test_readme_demo_table_is_what_the_pipeline_measured():
+    """The README's demo table is coda.report.demo_table's output over the committed results/."""
+    from coda.report.demo_table import demo_table
+
+    text = (ROOT / "README.md").read_text()
+    start, end = "<!-- demo-table: python -m coda.report.demo_table -->\n", "\n<!-- /demo-table -->"
+    assert start in text and end in text
+    assert text.split(start, 1)[1].split(end, 1)[0] == demo_table(ROOT / "results" / "metrics")

@@ -33,3 +33,56 @@ def test_small_vae_training_writes_a_loadable_vae_with_unit_latent_scale(tmp_pat
     with torch.no_grad():
         samples = vae.normalize(vae.encode(images).sample(torch.Generator().manual_seed(1)))
     assert samples.std().item() == pytest.approx(1.0, abs=0.05)
+
+
+TINY_RECIPE = {"prepare": {"crops_per_train_photo": 2, "seed": 0},
+               "architecture": {"block_out_channels": [8, 8], "norm_num_groups": 4, "latent_channels": 4},
+               "train": {"steps": 2, "batch_size": 2, "lr": 1e-3, "flip": True, "seed": 0}, "threads": 1}
+
+
+def test_pretrain_vae_rebuilds_bit_for_bit_and_its_check_refuses_another_recipe_or_edited_weights(tmp_path):
+    from coda.config import ParamsError
+    from coda.data.photos import VAL_PHOTOS
+    from coda.vae import ContinuousVAE
+    from coda.vae_train import WEIGHTS, check_pretrained, pretrain_vae
+
+    first = pretrain_vae(TINY_RECIPE, 16, tmp_path / "a", command="test")
+    second = pretrain_vae(TINY_RECIPE, 16, tmp_path / "b", command="test")
+    assert first["weights_sha256"] == second["weights_sha256"]
+    assert first["train_data"]["sha256"] == second["train_data"]["sha256"]
+    assert not set(first["train_data"]["photos"]) & set(VAL_PHOTOS)
+    assert first["train_data"]["held_out_photos"] == list(VAL_PHOTOS)
+    assert ContinuousVAE.from_pretrained(tmp_path / "a").scaling_factor == first["scaling_factor"]
+    assert check_pretrained(tmp_path / "a", TINY_RECIPE, 16, "scales.x.vae") == first
+    other = {**TINY_RECIPE, "train": {**TINY_RECIPE["train"], "steps": 3}}
+    with pytest.raises(ParamsError, match="another recipe"):
+        check_pretrained(tmp_path / "a", other, 16, "scales.x.vae")
+    with pytest.raises(ParamsError, match="another recipe"):
+        check_pretrained(tmp_path / "a", TINY_RECIPE, 32, "scales.x.vae")
+    weights = tmp_path / "a" / WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:-8])
+    with pytest.raises(FileNotFoundError, match="make demo-vae"):
+        check_pretrained(tmp_path / "a", TINY_RECIPE, 16, "scales.x.vae")
+
+
+def test_the_shipped_demo_vae_is_what_its_recipe_and_provenance_say():
+    """models/demo-vae: built by coda pretrain-vae from params.yaml's recipe, at a recorded commit,
+    never from a validation photo."""
+    from coda.config import load_params
+    from coda.data.photos import VAL_PHOTOS
+    from coda.vae_train import check_pretrained
+
+    demo = load_params("params.yaml", scale="demo")["scales"]["demo"]
+    provenance = check_pretrained(demo["vae"]["path"], demo["vae"]["recipe"], demo["prepare"]["resolution"],
+                                  "scales.demo.vae")
+    assert provenance["command"] == "coda pretrain-vae --scale demo"
+    assert provenance["commit"] and provenance["uncommitted_changes"] is False
+    assert provenance["threads"] == demo["vae"]["recipe"]["threads"]
+    assert not set(provenance["train_data"]["photos"]) & set(VAL_PHOTOS)
+
+
+def test_pretrain_vae_command_refuses_a_scale_without_a_recipe(capsys):
+    from coda.cli import main
+
+    assert main(["pretrain-vae", "--scale", "tiny"]) == 2
+    assert "has no recipe" in capsys.readouterr().err

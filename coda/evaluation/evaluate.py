@@ -95,13 +95,21 @@ def _vgg_feature_set(device: torch.device) -> FeatureSet:
     return FeatureSet("vgg16", module, device, identity)
 
 
-def feature_sets(inception_weights, fid_protocol: str, device: torch.device, perceptual: bool = True):
-    """({"vgg16", "inception"}: FeatureSet or None, {name: why it is None}, Inception weights info)."""
+RFD_VGG16_OFF = ("not computed at this scale (scales.<scale>.evaluate.rfd_vgg16: false): too few validation images "
+                 "for a Frechet distance over VGG16's 512 features, at most of an evaluation's cost")
+
+
+def feature_sets(inception_weights, fid_protocol: str, device: torch.device, perceptual: bool = True,
+                 vgg16: bool = True):
+    """({"vgg16", "inception"}: FeatureSet or None, {name: why it is None}, Inception weights info).
+    ``vgg16=False``: no rFD-VGG16 (``RFD_VGG16_OFF``)."""
     if fid_protocol not in FID_PROTOCOLS:  # the schema refuses it too; this is for library callers
         raise ValueError(f"evaluate.fid_protocol must be one of {', '.join(FID_PROTOCOLS)}, got {fid_protocol!r}")
     sets, reasons = {}, {}
     if not perceptual:
         sets["vgg16"], reasons["vgg16"] = None, "skipped (perceptual=False)"
+    elif not vgg16:
+        sets["vgg16"], reasons["vgg16"] = None, RFD_VGG16_OFF
     else:
         try:
             sets["vgg16"], reasons["vgg16"] = _vgg_feature_set(device), None
@@ -128,17 +136,18 @@ def _batches(images: np.ndarray, count: int, batch_size: int, device: torch.devi
 
 def compute_reference(val_npy: str | Path, out: str | Path, *, batch_size: int = 16,
                       inception_weights: str | Path | None = None, fid_protocol: str = "torch-fidelity",
-                      device: str | torch.device | None = None, max_images: int | None = None) -> dict:
+                      device: str | torch.device | None = None, max_images: int | None = None,
+                      vgg16: bool = True) -> dict:
     """The reference stage: the Frechet statistics of the first ``max_images`` validation images
-    (all by default) for every available feature set, written to ``out`` (``reference.py``'s
-    format). Returns the file's metadata."""
+    (all by default) for every available feature set (VGG16 only with ``vgg16``), written to ``out``
+    (``reference.py``'s format). Returns the file's metadata."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     images = read_validation_images(val_npy)
     count = len(images) if max_images is None else min(len(images), max_images)
     if count == 0:
         raise ValueError(f"{val_npy} holds no images")
     digest = file_sha256(val_npy)
-    sets, reasons, _ = feature_sets(inception_weights, fid_protocol, device)
+    sets, reasons, _ = feature_sets(inception_weights, fid_protocol, device, vgg16=vgg16)
     statistics = {name: FrechetStatistics() if feature is not None else None for name, feature in sets.items()}
     for batch in _batches(images, count, batch_size, device, "reference features"):
         for name, feature in sets.items():
@@ -198,7 +207,8 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
                        code_counts_out: str | Path | None = None, meta: dict | None = None,
                        device: str | torch.device | None = None, max_images: int | None = None,
                        perceptual: bool = True, progressive="none", reference_file: str | Path | None = None,
-                       fid_protocol: str = "torch-fidelity", npz_out: str | Path | None = None) -> dict:
+                       fid_protocol: str = "torch-fidelity", npz_out: str | Path | None = None,
+                       rfd_vgg16: bool = True) -> dict:
     """Evaluate ``tokenizer`` (or, with ``tokenizer=None``, the continuous ``vae``) on ``val_npy``.
 
     ``posterior``: "sample" or "mean"; default the tokenizer's own setting ("sample" for the VAE).
@@ -213,7 +223,7 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
     count, refused (``StaleReferenceError``) when it is another's; without it the reference
     features are computed in this pass, the same way. ``fid_protocol``: how images reach the
     Inception network (``FID_PROTOCOLS``). ``npz_out``: also write every reconstruction there, in
-    ADM's format (``arr_0``, uint8 N x H x W x 3).
+    ADM's format (``arr_0``, uint8 N x H x W x 3). ``rfd_vgg16=False``: no rFD-VGG16 (nor per k).
     """
     meta = dict(meta or {})
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -246,7 +256,7 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
                    f"images of {height}x{width} px are smaller than the SSIM window ({SSIM_WINDOW}x{SSIM_WINDOW})")
     lpips_models, lpips_reason = _lpips_models(device) if perceptual else ({}, "skipped (perceptual=False)")
     lpips_means = {net: RunningMean() for net in lpips_models}
-    sets, reasons, inception_info = feature_sets(inception_weights, fid_protocol, device, perceptual)
+    sets, reasons, inception_info = feature_sets(inception_weights, fid_protocol, device, perceptual, rfd_vgg16)
     paired = _paired(sets, reference_file, reference_meta)
     vgg, inception = paired["vgg16"], paired["inception"]
     float_input = inception is not None and inception.feature_set.float_input

@@ -124,8 +124,11 @@ def rate_distortion(metrics: dict[str, dict], path: Path) -> Path:
     ceilings = {name: m for name, m in metrics.items() if m.get("kind") == "continuous_vae"}
     if not curves:
         return missing_data_figure(path, "Rate-distortion", "no metrics file of a tokenizer (bits per image)")
-    figure = Figure(figsize=(15, 4.5), layout="constrained")
-    for axes, (key, label) in zip(figure.subplots(1, len(RATE_DISTORTION_PANELS)), RATE_DISTORTION_PANELS):
+    # a metric no experiment has (rFD-VGG16 where the scale turns it off) gets no panel
+    panels = [(key, label) for key, label in RATE_DISTORTION_PANELS
+              if any(row.get(key) is not None for rows in curves.values() for row in rows)]
+    figure = Figure(figsize=(5 * len(panels), 4.5), layout="constrained")
+    for axes, (key, label) in zip(np.atleast_1d(figure.subplots(1, len(panels))), panels):
         for name, rows in curves.items():
             points = [(row["bits_per_image"], row[key]) for row in rows if row.get(key) is not None]
             if points:

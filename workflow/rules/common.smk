@@ -34,13 +34,13 @@ def tracked(stage):
 
 
 def code(stage):
-    """The package files dvc.yaml's `stage` depends on; a directory as its .py files, because
-    Snakemake sees only a directory's own modification time."""
+    """The package files and shipped models (models/) dvc.yaml's `stage` depends on; a directory as
+    its files (.py files in coda/), because Snakemake sees only a directory's own modification time."""
     files = []
     for dep in _spec(stage).get("deps", []):
-        if dep.startswith("coda/"):
-            path = Path(dep)
-            files += sorted(str(p) for p in path.rglob("*.py")) if path.is_dir() else [dep]
+        if dep.startswith(("coda/", "models")):
+            path, pattern = Path(dep), "*.py" if dep.startswith("coda/") else "*"
+            files += sorted(str(p) for p in path.rglob(pattern) if p.is_file()) if path.is_dir() else [dep]
     return files
 
 

@@ -15,7 +15,7 @@ rule vae:
     params: values=tracked("vae")
     log: f"{LOGS}/vae.log"
     benchmark: f"{LOGS}/benchmarks/vae.tsv"
-    threads: 2
+    threads: 1
     resources: gpu=1
     conda: "../envs/coda.yaml"
     shell: f"coda vae --scale {SCALE} --prepared {WORK}/prepared --out {WORK}/vae --log {LOGS}/vae.log"
@@ -28,7 +28,7 @@ rule cache:
     params: values=tracked("cache")
     log: f"{LOGS}/cache.log"
     benchmark: f"{LOGS}/benchmarks/cache.tsv"
-    threads: 2
+    threads: 1
     resources: gpu=1
     conda: "../envs/coda.yaml"
     shell: f"coda cache --scale {SCALE} --prepared {WORK}/prepared --vae {WORK}/vae --out {WORK}/cache --log {LOGS}/cache.log"
