@@ -120,8 +120,9 @@ def pretrain_vae(recipe: dict, resolution: int, out_dir: str | Path, *, command:
     from .data.datasets import train_dataset
 
     out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)  # the finished folder is renamed into place there
     torch.set_num_threads(int(recipe["threads"]))
-    with tempfile.TemporaryDirectory(dir=out_dir.parent if out_dir.parent.exists() else None) as tmp:
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
         tmp = Path(tmp)
         prepared = prepare_demo(tmp / "prepared", resolution=resolution, crops_per_val_photo=1,
                                 on_bad_image="error", **recipe["prepare"])
