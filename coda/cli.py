@@ -114,6 +114,8 @@ def _write_vae(name: str, cfg: dict, prepared, out: Path, scale: str) -> None:
                 scaling_factor=vae.scaling_factor, shift_factor=vae.shift_factor)
     if "subfolder" in cfg:
         info["subfolder"] = cfg["subfolder"]
+    if "recipe" in cfg:
+        info["label"] = f"small KL-VAE pretrained on the demo photos ({cfg['path']})"
     info_path.write_text(json.dumps(info, indent=2) + "\n")
     print(f"VAE {name!r} ready in {out / 'vae'} (hash {info['hash'][:12]})")
 
@@ -237,7 +239,7 @@ def _evaluate(args, params, tokenizer, vae_dir: Path, out: Path, posterior: str,
     settings = params.get("evaluate", {})
     prepared = read_meta(args.prepared)
     info = json.loads((vae_dir / "vae_info.json").read_text())
-    label = VAE_LABELS.get(info["source"]) or "/".join(p for p in (info.get("path"), info.get("subfolder")) if p)
+    label = info.get("label") or VAE_LABELS.get(info["source"]) or "/".join(p for p in (info.get("path"), info.get("subfolder")) if p)
     vae = ContinuousVAE.from_pretrained(vae_dir / "vae") if tokenizer is None else None  # a tokenizer holds its own
     evaluate_tokenizer(
         tokenizer, vae, Path(args.prepared) / "val.npy", out / METRICS_FILE, batch_size=cfg.get("batch_size", 16),
