@@ -259,10 +259,12 @@ def check_outputs(work: Path, rows=("coda", "ablate_vq", "ablate_rvq", "ablate_a
         Image.open(png).verify()
 
 
-def check_tokens(work: Path, scale: str = "tiny") -> None:
+def check_tokens(work: Path, scale: str = "tiny", threads: int | None = None) -> None:
     """The coda experiment's token files: every image, and the val tokens decode to the evaluate
-    stage's reconstructions bit for bit."""
+    stage's reconstructions bit for bit, when decoded with the stages' thread count (``threads``;
+    None: torch's default, as DVC runs them; CPU convolutions round differently with another)."""
     import numpy as np
+    import torch
     from torch.utils.data import DataLoader
 
     from coda.evaluation.metrics import to_uint8
@@ -277,7 +279,12 @@ def check_tokens(work: Path, scale: str = "tiny") -> None:
     params = yaml.safe_load((work / "params.yaml").read_text())
     batch = params["scales"][scale]["evaluate"]["batch_size"]
     tokenizer = Tokenizer.from_pretrained(root / "train/coda/tokenizer")
-    decoded = to_uint8(tokenizer.decode(next(iter(DataLoader(val, batch_size=batch))))).permute(0, 2, 3, 1).numpy()
+    default = torch.get_num_threads()
+    torch.set_num_threads(threads or default)
+    try:
+        decoded = to_uint8(tokenizer.decode(next(iter(DataLoader(val, batch_size=batch))))).permute(0, 2, 3, 1).numpy()
+    finally:
+        torch.set_num_threads(default)
     assert np.array_equal(decoded[shown], recon)
 
 
@@ -310,7 +317,7 @@ def test_tiny_dag_through_snakemake(tmp_path):
     check_outputs(work)
     everything = [str(BIN / "snakemake"), "--cores", "2"]  # the default target: + the token files
     run(everything, work)
-    check_tokens(work)
+    check_tokens(work, threads=1)  # each rule's `threads: 1`, which Snakemake passes as OMP_NUM_THREADS
     for command in (snakemake, everything):
         again = run(command, work)
         assert "Nothing to be done" in again.stdout + again.stderr
