@@ -23,7 +23,7 @@ GPU_RULES = {"vae", "cache", "train", "reference", "evaluate", "evaluate_vae"}
 @pytest.fixture
 def work(tmp_path, monkeypatch):
     """The pipeline files in a scratch directory, made the working directory (no GPU visible)."""
-    for name in ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "profiles", "references", "coda"]:
+    for name in ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "profiles", "references", "models", "coda"]:
         if (ROOT / name).exists():
             (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, tmp_path / name)
     monkeypatch.chdir(tmp_path)
