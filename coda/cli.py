@@ -239,7 +239,8 @@ def _evaluate(args, params, tokenizer, vae_dir: Path, out: Path, posterior: str,
     settings = params.get("evaluate", {})
     prepared = read_meta(args.prepared)
     info = json.loads((vae_dir / "vae_info.json").read_text())
-    label = info.get("label") or VAE_LABELS.get(info["source"]) or "/".join(p for p in (info.get("path"), info.get("subfolder")) if p)
+    label = (info.get("label") or VAE_LABELS.get(info["source"])
+             or "/".join(p for p in (info.get("path"), info.get("subfolder")) if p))
     vae = ContinuousVAE.from_pretrained(vae_dir / "vae") if tokenizer is None else None  # a tokenizer holds its own
     evaluate_tokenizer(
         tokenizer, vae, Path(args.prepared) / "val.npy", out / METRICS_FILE, batch_size=cfg.get("batch_size", 16),

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
@@ -104,7 +105,7 @@ def latent_scale_factor(vae: ContinuousVAE, dataset, batch_size: int, max_images
 
 # ---- a pretrained VAE, built once and shipped -----------------------------------------------------
 PROVENANCE = "provenance.json"
-WEIGHTS = "diffusion_pytorch_model.safetensors"
+WEIGHTS = SAFETENSORS_WEIGHTS_NAME  # what save_pretrained writes
 
 
 def pretrain_vae(recipe: dict, resolution: int, out_dir: str | Path, *, command: str) -> dict:
@@ -112,9 +113,9 @@ def pretrain_vae(recipe: dict, resolution: int, out_dir: str | Path, *, command:
     its ``train_log.tsv`` and ``provenance.json``; returns the provenance.
 
     recipe: {prepare: {crops_per_train_photo, seed}, architecture: {...}, train: {steps, ...}, threads}.
-    Only the train split's crops are trained on (prepare_demo keeps the validation photos apart). With the same recipe, library versions and thread count
-    the weights are the same bit for bit (the provenance records all three). ``out_dir`` is replaced
-    only when everything is written.
+    Only the train split's crops are trained on (prepare_demo keeps the validation photos apart).
+    With the same recipe, library versions and thread count the weights are the same bit for bit
+    (the provenance records all three). ``out_dir`` is replaced only when everything is written.
     """
     from .data import prepare_demo
     from .data.datasets import train_dataset
@@ -130,9 +131,8 @@ def pretrain_vae(recipe: dict, resolution: int, out_dir: str | Path, *, command:
         train_small_vae(train_dataset(tmp / "prepared"), tmp / "run", architecture=recipe["architecture"],
                         **recipe["train"])
         seconds = time.perf_counter() - start
-        staging = tmp / "vae"
-        shutil.copytree(tmp / "run" / "vae", staging)
-        shutil.copy2(tmp / "run" / "train_log.tsv", staging / "train_log.tsv")
+        staging = tmp / "run" / "vae"  # the diffusers folder train_small_vae saved, completed in place
+        shutil.move(tmp / "run" / "train_log.tsv", staging / "train_log.tsv")
         info = json.loads((tmp / "run" / "vae_info.json").read_text())
         provenance = {
             "recipe": recipe, "resolution": resolution, "command": command, **_git_state(),
