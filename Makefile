@@ -30,7 +30,7 @@ demo: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/snakemake --cores all --forcerun report
 
 # Rebuild the demo's pretrained VAE (models/demo-vae) from scales.demo.vae.recipe, bit for bit on the
-# recipe's CPU threads (about 18 min on 2 cores); commit the folder it writes (models/README.md). The demo never trains it.
+# recipe's CPU threads (about 45 min on one core); commit the folder it writes (models/README.md). The demo never trains it.
 demo-vae: setup
 	$(VENV)/bin/coda pretrain-vae --scale demo
 

@@ -34,14 +34,29 @@ def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1).mean()
 
 
+def jitter_colours(images: torch.Tensor, *, gain: float, offset: float, generator: torch.Generator) -> torch.Tensor:
+    """Images in [-1, 1] with each channel scaled by U(1 - gain, 1 + gain) and shifted by
+    U(-offset, offset) in 0-1 units, per image, then clipped. Measured at demo scale (1,000 steps,
+    held-out photos): 21.2 dB / colour error 7.6 without, 22.6 / 4.2 with gain 0.25 and offset 0.1;
+    twice as much (21.8 / 4.5) or adding random channel permutations (22.2 / 4.4) did worse."""
+    n = len(images)
+    scale = 1 + gain * (2 * torch.rand(n, 3, 1, 1, generator=generator) - 1)
+    shift = offset * (2 * torch.rand(n, 3, 1, 1, generator=generator) - 1)
+    return (((images + 1) / 2 * scale + shift).clamp(0, 1)) * 2 - 1
+
+
 def train_small_vae(dataset, out_dir: str | Path, *, architecture: dict, steps: int, batch_size: int,
                     lr: float = 1e-3, warmup: int = 50, kl_weight: float = 1e-6, mse_weight: float = 1.0,
-                    seed: int = 0, flip: bool = False, num_workers: int = 0) -> ContinuousVAE:
+                    seed: int = 0, flip: bool = False, colour_jitter: dict | None = None,
+                    num_workers: int = 0) -> ContinuousVAE:
     """Fit ``ContinuousVAE.small(**architecture)`` on ``dataset`` (images in [-1, 1]) and save it.
 
     Writes ``out_dir/vae`` (diffusers ``save_pretrained``), ``out_dir/train_log.tsv`` and
     ``out_dir/vae_info.json``. ``flip``: mirror each image left-right with probability 1/2 (drawn
-    from the run's generator). The latent scale factor is then set from the training data so the
+    from the run's generator). ``colour_jitter: {gain, offset}``: scale each image's channels by
+    1 +- gain and shift them by +- offset (uniform, in 0-1 units): the bundled training photos hold few
+    colours, and without it the VAE misses held-out photos' mean colour by 6/255 (see
+    ``jitter_colours``). The latent scale factor is then set from the training data so the
     normalised latent has unit variance, as the paper's VAEs' factors were chosen.
     """
     out_dir = Path(out_dir)
@@ -61,6 +76,8 @@ def train_small_vae(dataset, out_dir: str | Path, *, architecture: dict, steps: 
         if flip:
             mirrored = torch.rand(len(images), generator=generator) < 0.5
             images = torch.where(mirrored[:, None, None, None], images.flip(3), images)
+        if colour_jitter:
+            images = jitter_colours(images, generator=generator, **colour_jitter)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, steps, lr, warmup)
         posterior = vae.encode(images)
@@ -85,7 +102,8 @@ def train_small_vae(dataset, out_dir: str | Path, *, architecture: dict, steps: 
     vae.autoencoder.register_to_config(scaling_factor=scale, shift_factor=None)
     vae.autoencoder.save_pretrained(out_dir / "vae")
     info = {"architecture": architecture, "steps": steps, "batch_size": batch_size, "lr": lr,
-            "kl_weight": kl_weight, "flip": flip, "scaling_factor": scale, "seed": seed}
+            "kl_weight": kl_weight, "flip": flip, "colour_jitter": colour_jitter, "scaling_factor": scale,
+            "seed": seed}
     write_json(out_dir / "vae_info.json", info)
     return ContinuousVAE.from_pretrained(out_dir / "vae")
 

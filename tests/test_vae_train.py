@@ -37,7 +37,8 @@ def test_small_vae_training_writes_a_loadable_vae_with_unit_latent_scale(tmp_pat
 
 TINY_RECIPE = {"prepare": {"crops_per_train_photo": 2, "seed": 0},
                "architecture": {"block_out_channels": [8, 8], "norm_num_groups": 4, "latent_channels": 4},
-               "train": {"steps": 2, "batch_size": 2, "lr": 1e-3, "flip": True, "seed": 0}, "threads": 1}
+               "train": {"steps": 2, "batch_size": 2, "lr": 1e-3, "flip": True,
+                         "colour_jitter": {"gain": 0.25, "offset": 0.1}, "seed": 0}, "threads": 1}
 
 
 def test_pretrain_vae_rebuilds_bit_for_bit_and_its_check_refuses_another_recipe_or_edited_weights(tmp_path):
@@ -86,3 +87,21 @@ def test_pretrain_vae_command_refuses_a_scale_without_a_recipe(capsys):
 
     assert main(["pretrain-vae", "--scale", "tiny"]) == 2
     assert "has no recipe" in capsys.readouterr().err
+
+
+def test_colour_jitter_is_a_clipped_per_image_channel_affine_map_and_off_at_zero():
+    from coda.vae_train import jitter_colours
+
+    images = torch.rand(4, 3, 8, 8) * 2 - 1
+    same = jitter_colours(images, gain=0.0, offset=0.0, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(same, images, atol=1e-6)
+    out = jitter_colours(images, gain=0.25, offset=0.1, generator=torch.Generator().manual_seed(0))
+    assert out.min() >= -1 and out.max() <= 1 and not torch.allclose(out, images)
+    x, y = (images + 1) / 2, (out + 1) / 2  # per image and channel y = clip(a x + b) with |a - 1| <= .25, |b| <= .1
+    inside = (y > 0) & (y < 1)
+    for i in range(4):
+        for c in range(3):
+            m = inside[i, c]
+            a, b = torch.linalg.lstsq(torch.stack([x[i, c][m], torch.ones(int(m.sum()))], 1), y[i, c][m][:, None]).solution[:, 0]
+            assert abs(a - 1) <= 0.25 + 1e-4 and abs(b) <= 0.1 + 1e-4
+            assert torch.allclose(a * x[i, c][m] + b, y[i, c][m], atol=1e-5)
