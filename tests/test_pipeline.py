@@ -60,8 +60,8 @@ def snakemake_jobs(work: Path, scale: str) -> dict:
     text = run([str(BIN / "snakemake"), "all", "-n", "-p", "--forceall", "--cores", "1",
                 "--config", f"scale={scale}"], work).stdout
     jobs = {}
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
-        rule = re.match(r"(?:local)?rule (\w+):", block)
+    for block in re.split(r"\n(?=(?:local)?(?:rule|checkpoint) \w+:)", text):
+        rule = re.match(r"(?:local)?(?:rule|checkpoint) (\w+):", block)
         if not rule or rule.group(1) in TARGET_RULES:
             continue
         wildcard = re.search(r"wildcards: experiment=(\w+)", block)
@@ -175,11 +175,12 @@ def test_every_stage_depends_on_the_code_it_runs():
 def test_every_rule_tracks_the_params_dvc_declares():
     """Rules pass tracked('<stage>') (values of dvc.yaml's keys), so both engines rerun alike."""
     rules = "".join(p.read_text() for p in (ROOT / "workflow/rules").glob("*.smk"))
-    names = re.findall(r"^rule (\w+):", rules, flags=re.M)
+    names = re.findall(r"^(?:rule|checkpoint) (\w+):", rules, flags=re.M)
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert set(names) == set(dvc)
     for name in names:
-        body = rules.split(f"rule {name}:", 1)[1].split("\nrule ", 1)[0]
+        body = re.split(rf"^(?:rule|checkpoint) {name}:", rules, maxsplit=1, flags=re.M)[1]
+        body = re.split(r"\n(?:rule|checkpoint) ", body, maxsplit=1)[0]
         assert f'params: values=tracked("{name}")' in body, name
         assert "log:" in body and "conda:" in body, f"rule {name} needs log: and conda: (snakemake --lint)"
         assert dvc[name].get("do", dvc[name]).get("params"), f"DVC stage {name} declares no params"
@@ -342,6 +343,12 @@ def test_tiny_dag_through_snakemake(tmp_path):
     dry = run(snakemake + ["-n"], work)
     assert planned_jobs(dry.stdout) == {"train": "1", "evaluate": "1", "report": "1", "total": "3"}, dry.stdout
     assert "experiment=ablate_vq" in dry.stdout and "experiment=coda" not in dry.stdout
+
+    # A parameter fetch also tracks: one call reruns fetch and everything that reads the value
+    # (with fetch a plain rule it ran fetch alone and exited 0: snakemake/snakemake#4166).
+    set_param(work, "scales.tiny.evaluate.reconstructions", 2)
+    run(snakemake, work)
+    assert "Nothing to be done" in run(snakemake + ["-n"], work).stdout
 
 
 def test_tiny_dag_through_dvc(tmp_path):
