@@ -438,8 +438,8 @@ def test_images_mode_frozen_vae_with_dino_discriminator(tmp_path, tiny_vae, phot
 def test_quantizer_warmup_on_latents_then_images(tmp_path, tiny_vae, photo_crops):
     """quantizer_warmup_steps: a latents-mode run first, whose EMA quantizer starts the images run.
 
-    The stage must equal its two steps done by hand: a latents-mode run of 3 steps, then an
-    images-mode run initialised from that run's EMA quantizer.
+    The stage must equal its two steps done by hand: a latents-mode run of 3 steps at
+    quantizer_warmup_lr, then an images-mode run at lr initialised from that run's EMA quantizer.
     """
     from coda.tokenizer import Tokenizer
     from coda.train.config import TrainConfig
@@ -449,10 +449,14 @@ def test_quantizer_warmup_on_latents_then_images(tmp_path, tiny_vae, photo_crops
 
     g = torch.Generator().manual_seed(0)
     cache = _latent_cache(tmp_path / "cache", torch.randn(16, 4, 8, 8, generator=g), torch.full((16, 4, 8, 8), -6.0))
-    experiment = _images_experiment(max_steps=2, quantizer_warmup_steps=3)
+    experiment = _images_experiment(max_steps=2, quantizer_warmup_steps=3, quantizer_warmup_lr=2e-3)
     train(experiment, tiny_vae, tmp_path / "out", images=photo_crops, latents=cache)
     warm = json.loads((tmp_path / "out/quantizer_warmup/run.json").read_text())
     assert warm["data_mode"] == "latents" and warm["total_steps"] == 3 and warm["config"]["lora"] is None
+    assert warm["config"]["train"]["lr"] == 2e-3
+    logs = [(tmp_path / "out" / run / "train_log.tsv").read_text().splitlines() for run in ("quantizer_warmup", ".")]
+    first_lr = [float(dict(zip(log[0].split("\t"), log[1].split("\t")))["lr"]) for log in logs]
+    assert first_lr == [2e-3, 5e-4]  # each phase's cosine starts at its own rate
     assert json.loads((tmp_path / "out/run.json").read_text())["data_mode"] == "images"
 
     warm_quantizer = Tokenizer.from_pretrained(tmp_path / "out/quantizer_warmup/tokenizer").quantizer.state_dict()

@@ -51,6 +51,7 @@ class TrainConfig:
     entropy_weight: float = 0.05
     quantizer_warmup_steps: int = 0     # images mode: first train the quantizer alone on cached latents
                                         # for this many steps (0 = the paper: joint from scratch)
+    quantizer_warmup_lr: float | None = None  # the warm-up's learning rate (null: lr)
     # discriminator (images mode); auto = dino when dino_weights is set, else patchgan
     discriminator: str = "auto"
     dino_weights: str | None = None     # facebook/dino-vits16 directory or model.safetensors
@@ -85,6 +86,7 @@ class TrainConfig:
             "keep_checkpoints": self.keep_checkpoints >= 1,
             "max_steps": self.max_steps is None or self.max_steps >= 1,
             "quantizer_warmup_steps": self.quantizer_warmup_steps >= 0,
+            "quantizer_warmup_lr": self.quantizer_warmup_lr is None or self.quantizer_warmup_lr > 0,
             "epochs": self.max_steps is not None or self.epochs > 0,
         }
         for key, ok in checks.items():

@@ -26,7 +26,9 @@ def train(experiment: dict, vae_dir, out_dir, *, images=None, latents=None, on_s
     quantizer and LoRA jointly from scratch, but at small budgets the images-mode run is too short
     for the codebook to settle. So that many latents-mode steps run first (frozen VAE, as the
     ``ablate_attn`` rung) in ``out_dir/quantizer_warmup``, itself resumable, and the images-mode
-    run starts from its EMA quantizer. One process group serves both.
+    run starts from its EMA quantizer. The warm-up runs at ``train.quantizer_warmup_lr`` (null:
+    ``train.lr``): the quantizer alone takes a rate the LoRA and GAN steps do not. One process group
+    serves both.
     """
     cfg = TrainConfig.from_dict(experiment.get("train"))
     experiment = {**experiment, "train": cfg.to_dict()}  # defaults filled in: what run.json records
@@ -39,7 +41,8 @@ def train(experiment: dict, vae_dir, out_dir, *, images=None, latents=None, on_s
     init_quantizer = None
     if warm_up:
         warm = TrainConfig.from_dict({**experiment["train"], "data_mode": "latents",
-                                      "max_steps": cfg.quantizer_warmup_steps, "quantizer_warmup_steps": 0})
+                                      "max_steps": cfg.quantizer_warmup_steps, "quantizer_warmup_steps": 0,
+                                      "lr": cfg.quantizer_warmup_lr or cfg.lr, "quantizer_warmup_lr": None})
         result = fit(warm, {**experiment, "lora": None, "train": warm.to_dict()}, vae_dir, Path(out_dir) / WARMUP,
                      open_dataset("latents", images, latents, warm.seed), info, data=_describe(latents))
         init_quantizer = result.ema_tokenizer.quantizer.state_dict()
