@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from coda.config import experiment_config, load_params, scale_block
 from coda.data.datasets import ArrayImages
 from coda.lora import add_lora
 from coda.quantizers import build_quantizer
@@ -25,14 +26,14 @@ from coda.vae import ContinuousVAE
 
 
 def demo_tokenizer() -> Tokenizer:
-    """The demo scale's shapes (params.yaml): 64 px, f4 VAE with 8 latent channels, LoRA rank 32, the
-    CODA quantizer with 512 codes on scales 1..16; random weights (speed does not depend on them)."""
-    vae = ContinuousVAE.small(seed=0, block_out_channels=[16, 32, 64], layers_per_block=1, latent_channels=8,
-                              norm_num_groups=16).freeze()
-    lora = {"rank": 32, "targets": ["conv1", "conv2", "upsample", "downsample"], "where": "both"}
-    add_lora(vae, **lora)
-    quantizer = build_quantizer("coda", codebook_size=512, dim=8, scales=[1, 2, 3, 4, 5, 6, 8, 10, 13, 16])
-    return Tokenizer(vae, quantizer, lora, posterior="sample").eval()
+    """The demo scale's shapes, read from params.yaml (its VAE's architecture, coda's quantizer and
+    LoRA); random weights (speed does not depend on them)."""
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml", scale="demo")
+    experiment = experiment_config(params, "coda")
+    vae = ContinuousVAE.small(seed=0, **scale_block(params)["vae"]["recipe"]["architecture"]).freeze()
+    add_lora(vae, **experiment["lora"])
+    quantizer = build_quantizer(**experiment["quantizer"], dim=vae.latent_channels)
+    return Tokenizer(vae, quantizer, experiment["lora"], posterior="sample").eval()
 
 
 @torch.no_grad()
