@@ -54,8 +54,9 @@ def train_small_vae(dataset, out_dir: str | Path, *, architecture: dict, steps: 
     Writes ``out_dir/vae`` (diffusers ``save_pretrained``), ``out_dir/train_log.tsv`` and
     ``out_dir/vae_info.json``. ``flip``: mirror each image left-right with probability 1/2 (drawn
     from the run's generator). ``colour_jitter``: ``jitter_colours``' gain and offset, applied after
-    the flip (the bundled training photos hold few colours). The latent scale factor is then set from the training data so the
-    normalised latent has unit variance, as the paper's VAEs' factors were chosen.
+    the flip (the bundled training photos hold few colours). The latent scale factor is then set from
+    the training data so the normalised latent has unit variance, as the paper's VAEs' factors were
+    chosen.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
