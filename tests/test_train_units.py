@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from coda.train.config import TrainConfig
-from coda.train.schedule import learning_rate
+from coda.schedule import learning_rate
 from coda.train import checkpoint as ckpt
 from coda.train import config
 
