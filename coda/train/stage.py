@@ -62,7 +62,7 @@ def save_released(experiment: dict, out_dir) -> None:
     files of the hub repository ``repo``, read from the local cache only (the fetch stage put them
     there; nothing downloads here), or with ``repo: null`` the local ``vae_file`` and
     ``quantizer_file`` (`coda` checks they exist before any stage runs)."""
-    from ..inputs import released_files
+    from ..compat.release import released_files
     from ..tokenizer import Tokenizer
 
     repo = experiment.get("repo")
