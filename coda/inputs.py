@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import DEFAULT_VAE, experiment_config, scale_block, scale_experiments, scale_vaes
+from .train.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -146,11 +147,9 @@ def external_inputs(params: dict) -> list[ExternalInput]:
         if config.get("kind") == "released":
             needed += _released(config, experiment)
             continue
-        train = config.get("train", {})
-        kind = train.get("discriminator", "auto")
-        dino = kind == "dino" or (kind == "auto" and train.get("dino_weights"))
-        if dino and train.get("data_mode", "images") == "images" and train.get("gan_weight", 1.0) > 0:
-            dino_users.setdefault(train.get("dino_weights") or "(not set)", []).append(experiment)
+        train = TrainConfig.from_dict(config.get("train"))
+        if train.discriminator_kind == "dino" and train.data_mode == "images" and train.gan_weight > 0:
+            dino_users.setdefault(train.dino_weights or "(not set)", []).append(experiment)
     for where, users in dino_users.items():
         directory = where != "(not set)" and not Path(where).suffix  # a directory of the hub's files can be fetched
         needed.append(ExternalInput(where, f"DINO ViT-S/16 weights for the discriminator "
