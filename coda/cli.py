@@ -15,8 +15,8 @@ from pathlib import Path
 from .config import (DEFAULT_VAE, ParamsError, at_scale, ceiling_name, experiment_config, experiment_vae,
                      load_params, scale_block, scale_experiments, scale_vaes, vae_location)
 from .devices import claim_gpu
+from .external_inputs import check_external_inputs
 from .files import UnreadableFileError, write_json
-from .inputs import check_external_inputs
 
 GPU_COMMANDS = ("vae", "cache", "train", "reference", "evaluate", "tokenize")
 

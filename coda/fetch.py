@@ -1,4 +1,4 @@
-"""The fetch stage, first in the DAG: the external weights the scale needs (coda/inputs.py says which,
+"""The fetch stage, first in the DAG: the external weights the scale needs (coda/external_inputs.py says which,
 from where, and with which checksum), downloaded once and verified, so nothing downloads mid-training.
 
 For each external input that has a source:
@@ -9,7 +9,7 @@ For each external input that has a source:
   cache's file, or a folder of them);
 - present: checked again, from the local files alone (a hub file against the checksum the hub
   published for it, which names its blob in the cache; the Inception file against the sha256 pinned
-  in coda/inputs.py);
+  in coda/external_inputs.py);
 - missing, offline (``HF_HUB_OFFLINE=1``): nothing is downloaded, and the run is refused with the
   list of everything missing.
 
@@ -25,12 +25,12 @@ import os
 import re
 from pathlib import Path
 
+from .external_inputs import (ExternalInput, HubFiles, MissingInputsError, UrlFile, check_external_inputs,
+                              external_inputs, offline)
 from .files import UnreadableFileError, file_sha256, write_json
-from .inputs import (ExternalInput, HubFiles, MissingInputsError, UrlFile, check_external_inputs, external_inputs,
-                     offline)
 
 HUB_CHECK = {64: "sha256 published by the hub", 40: "git hash published by the hub"}
-PINNED_CHECK = "sha256 pinned in coda/inputs.py"
+PINNED_CHECK = "sha256 pinned in coda/external_inputs.py"
 OWN_FILE = "none: your own file"
 
 

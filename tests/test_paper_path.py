@@ -25,7 +25,7 @@ from PIL import Image
 
 from test_data import make_bad, save, smooth
 from test_discriminators import _legacy_keys, _random_vit
-from test_inputs import put_in_hf_cache
+from test_external_inputs import put_in_hf_cache
 from test_pipeline import BIN, pipeline_copy, planned_jobs, run, set_param
 
 ROWS = ["coda", "ablate_vq", "ablate_rvq", "ablate_attn", "coda_f8"]

@@ -2,7 +2,7 @@
 import pytest
 
 from coda.config import load_params
-from coda.inputs import MissingInputsError, check_external_inputs, external_inputs
+from coda.external_inputs import MissingInputsError, check_external_inputs, external_inputs
 
 
 @pytest.fixture
