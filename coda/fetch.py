@@ -42,8 +42,9 @@ class DownloadError(OSError):
     """A download could not be made (no network, a gated or missing repository)."""
 
 
-def fetch(params: dict, record: str | Path) -> dict:
-    """Fetch and check every external input of this run with a source; write and return the record.
+def fetch(params: dict, out: str | Path) -> dict:
+    """Fetch and check every external input of this run with a source; write the record to ``out`` and
+    return it.
 
     Raises MissingInputsError listing what is still missing (offline, or a download that failed),
     ChecksumError on the first file that does not match its checksum."""
@@ -60,7 +61,7 @@ def fetch(params: dict, record: str | Path) -> dict:
                                  "fetched (nothing was recorded):\n" + "\n".join(failed))
     check_external_inputs(params, present=True)  # offline, a missing one is refused here, with what to do
     content = {"scale": params["scale"], "inputs": entries}
-    write_json(record, content)
+    write_json(out, content)
     for entry in entries:
         print(f"{entry['where']}: {entry['sha256'][:12]} ({entry['check']})")
     return content

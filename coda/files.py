@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from .errors import UserError
+
 # The distributions whose versions change numbers: recorded beside every artifact.
 LIBRARIES = ("coda", "torch", "diffusers", "peft", "numpy", "pillow", "scikit-image", "torch-fidelity", "lpips")
 _CHUNK = 1 << 20
@@ -52,7 +54,7 @@ def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path
         temporary.unlink(missing_ok=True)
 
 
-class UnreadableFileError(ValueError):
+class UnreadableFileError(UserError, ValueError):
     """A file exists but cannot be read as what it should be: truncated, corrupt or another format."""
 
 

@@ -114,64 +114,6 @@ def test_engines_agree_on_stages_commands_outputs(tmp_path, scale):
                 f"{name}: DVC dep {dep} is not a Snakemake input"
 
 
-def stage_imports() -> dict[str, set[str]]:
-    """Every coda module a stage's command can import, following imports inside functions too."""
-    import ast
-
-    def module_file(name):
-        path = ROOT.joinpath(*name.split("."))
-        return next((p for p in (path / "__init__.py", path.with_suffix(".py")) if p.is_file()), None)
-
-    def imports(node, module, is_package):
-        package = module if is_package else module.rsplit(".", 1)[0]
-        found = set()
-        for n in ast.walk(node):
-            if isinstance(n, ast.Import):
-                found |= {a.name for a in n.names if a.name.startswith("coda")}
-            elif isinstance(n, ast.ImportFrom):
-                base = package.split(".")[:len(package.split(".")) - n.level + 1] if n.level else []
-                name = ".".join(base + ([n.module] if n.module else []))
-                if name.startswith("coda"):
-                    found |= {name} | {f"{name}.{a.name}" for a in n.names if module_file(f"{name}.{a.name}")}
-        return found
-
-    def closure(start):
-        seen, todo = set(), list(start)
-        while todo:
-            name = todo.pop()
-            path = module_file(name)
-            if name in seen or path is None:
-                continue
-            seen.add(name)
-            parts = name.split(".")
-            todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages run first
-            todo += imports(ast.parse(path.read_text()), name, path.name == "__init__.py")
-        return seen
-
-    cli = ast.parse((ROOT / "coda/cli.py").read_text())
-    top = imports(ast.Module([n for n in cli.body if isinstance(n, (ast.Import, ast.ImportFrom))], []),
-                  "coda.cli", False)
-    commands = {n.name[4:]: n for n in cli.body if isinstance(n, ast.FunctionDef) and n.name.startswith("cmd_")}
-    return {stage: {str(module_file(m).relative_to(ROOT)) for m in closure(top | imports(fn, "coda.cli", False))}
-                   | {"coda/cli.py"}
-            for stage, fn in commands.items()}
-
-
-# They decide where and whether a stage runs, not what it computes: a change reruns nothing.
-NOT_RESULT_CODE = {"coda/devices.py", "coda/external_inputs.py"}
-
-
-def test_every_stage_depends_on_the_code_it_runs():
-    """A change in any module a stage imports reruns it: dvc.yaml lists it (Snakemake derives its inputs)."""
-    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for stage, modules in stage_imports().items():
-        modules -= NOT_RESULT_CODE
-        for name in [stage] + (["evaluate_vae"] if stage == "evaluate" else []):
-            deps = [Path(d) for d in dvc[name].get("do", dvc[name])["deps"]]
-            missing = sorted(m for m in modules if not any(Path(m).is_relative_to(d) for d in deps))
-            assert not missing, f"dvc.yaml stage {name} runs {missing} but does not depend on them"
-
-
 def test_every_rule_tracks_the_params_dvc_declares():
     """Rules pass tracked('<stage>') (values of dvc.yaml's keys), so both engines rerun alike."""
     rules = "".join(p.read_text() for p in (ROOT / "workflow/rules").glob("*.smk"))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from ..artifacts import TOKENIZER_DIR, TRAIN_LOG
 from ..discriminators import check_discriminator
 from ..files import write_text
 from . import distributed
@@ -69,5 +70,5 @@ def save_released(experiment: dict, out_dir) -> None:
     hub = {"repo_id": repo, "local_files_only": True} if repo else {}
     tokenizer = Tokenizer.from_official(*released_files(experiment), variant=experiment.get("variant", "f16"),
                                         posterior=experiment.get("posterior", "sample"), **hub)
-    tokenizer.save_pretrained(Path(out_dir) / "tokenizer")
-    write_text(Path(out_dir) / "train_log.tsv", "step\n")
+    tokenizer.save_pretrained(Path(out_dir) / TOKENIZER_DIR)
+    write_text(Path(out_dir) / TRAIN_LOG, "step\n")
