@@ -8,7 +8,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..artifacts import RUN_RECORD
-from ..files import library_versions, write_json
+from ..files import library_versions, write_json, write_text
 
 
 
@@ -22,7 +22,7 @@ class TsvLog:
             lines = path.read_text().splitlines()
             if lines and lines[0].split("\t") == columns:
                 rows = [line for line in lines[1:] if line and int(line.split("\t")[0]) <= keep_until]
-        path.write_text("\t".join(columns) + "\n" + "".join(r + "\n" for r in rows))
+        write_text(path, "\t".join(columns) + "\n" + "".join(r + "\n" for r in rows))
 
     def write(self, values: dict) -> None:
         cells = [values[c] for c in self.columns]
