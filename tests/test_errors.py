@@ -11,7 +11,7 @@ from PIL import Image
 from coda.cli import main
 from coda.files import UnreadableFileError
 from coda.tokenizer import Tokenizer
-from test_pipeline import ROOT
+from helpers import ROOT
 
 
 def write_params(tmp_path, **changes):

@@ -10,7 +10,7 @@ def paper(monkeypatch, tmp_path):
     """The paper scale in an empty folder (relative paths of params.yaml resolve there), with empty
     Hugging Face and torch hub caches, offline."""
     from huggingface_hub import constants
-    from test_pipeline import ROOT
+    from helpers import ROOT
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
@@ -22,7 +22,7 @@ def paper(monkeypatch, tmp_path):
 
 
 def test_demo_scale_needs_nothing_from_outside():
-    from test_pipeline import ROOT
+    from helpers import ROOT
 
     assert external_inputs(load_params(ROOT / "params.yaml")) == []
 

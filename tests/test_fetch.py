@@ -19,8 +19,8 @@ from coda.fetch import ChecksumError, fetch
 from coda.external_inputs import DINO_VITS16, MAR_KL16, MissingInputsError, UrlFile
 
 sys.path.insert(0, str(Path(__file__).parent))
+from helpers import ROOT  # noqa: E402
 from test_hub import add_to_cache  # noqa: E402
-from test_pipeline import ROOT  # noqa: E402
 
 INCEPTION_NAME = external_inputs.INCEPTION.url.rsplit("/", 1)[1]
 

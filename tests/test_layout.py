@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from coda.cli import STAGES
-from test_pipeline import ROOT, pipeline_copy, run, BIN
+from helpers import BIN, ROOT, pipeline_copy, run
 
 # They decide where and whether a stage runs, not what it computes: a change reruns nothing, and
 # what they import for that is no stage's code either.

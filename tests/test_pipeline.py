@@ -2,55 +2,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-PIPELINE_FILES = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "profiles", "references", "models", "coda",
-                  "pyproject.toml"]
-
-
-def pipeline_copy(tmp_path: Path, scale: str | None = None) -> Path:
-    """The pipeline files in a fresh git + DVC repository (the package runs from the venv)."""
-    work = tmp_path / "repo"
-    work.mkdir()
-    for name in PIPELINE_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, work / name)
-    if scale:
-        params = (work / "params.yaml").read_text()
-        (work / "params.yaml").write_text(re.sub(r"^scale: \w+", f"scale: {scale}", params, flags=re.M))
-    run(["git", "init", "-q"], work)
-    run([str(BIN / "dvc"), "init", "-q"], work)
-    run([str(BIN / "dvc"), "config", "core.analytics", "false"], work)
-    return work
-
-
-def env() -> dict:
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
-            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-
-
-def run(cmd, cwd, check=True, timeout=900):
-    result = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({result.returncode}):\n"
-                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
+from helpers import BIN, ROOT, pipeline_copy, planned_jobs, run, set_param
 
 TARGET_RULES = ("all", "tokens")  # the Snakefile's targets: inputs only, no stage of their own
 
@@ -150,6 +110,7 @@ def test_dry_runs_work_without_gpu_or_imagenet(tmp_path):
                               "--cores", "1", "--profile", "profiles/slurm"], work).stdout
 
 
+@pytest.mark.slow
 def test_make_demo_in_a_fresh_clone_with_committed_results_runs_the_whole_pipeline(tmp_path):
     """results/ is committed, work/ is not. Snakemake takes the present results/table1.csv as up to date
     whatever its inputs, so `make demo` forces the report, and the report's missing inputs pull in the DAG."""
@@ -175,16 +136,6 @@ def test_paper_scale_without_downloads_is_refused_before_any_job(tmp_path):
     output = dvc.stdout + dvc.stderr
     assert dvc.returncode != 0 and all(m in output for m in missing), output[-2000:]
     assert "Traceback" not in output and not (work / "work" / "imagenet" / "prepared").exists()
-
-
-def set_param(work: Path, path: str, value) -> None:
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    node = params
-    *parents, last = path.split(".")
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[last] = value
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def check_outputs(work: Path, rows=("coda", "ablate_vq", "ablate_rvq", "ablate_attn", "vae")) -> None:
@@ -248,10 +199,7 @@ def add_second_tiny_scale(work: Path) -> None:
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def planned_jobs(output: str) -> dict[str, str]:
-    return dict(re.findall(r"^(\w+)\s+(\d+)$", output, flags=re.M))
-
-
+@pytest.mark.slow
 def test_tiny_dag_through_snakemake(tmp_path):
     work = pipeline_copy(tmp_path, "tiny")
     add_second_tiny_scale(work)
@@ -293,6 +241,7 @@ def test_tiny_dag_through_snakemake(tmp_path):
     assert "Nothing to be done" in run(snakemake + ["-n"], work).stdout
 
 
+@pytest.mark.slow
 def test_tiny_dag_through_dvc(tmp_path):
     work = pipeline_copy(tmp_path, "tiny")
     add_second_tiny_scale(work)
