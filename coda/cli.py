@@ -258,7 +258,7 @@ def _evaluate(args, params, tokenizer, vae_dir: Path, out: Path, posterior: str,
 def cmd_tokenize(args, params) -> None:
     import torch
 
-    from .data.datasets import ArrayImages, read_meta, train_dataset
+    from .data.datasets import ArrayImages, class_labels, read_meta, train_dataset
     from .tokenizer import Tokenizer, tokenizer_sha256
     from .tokens import tokenize_splits
 
@@ -273,7 +273,8 @@ def cmd_tokenize(args, params) -> None:
     tokenize_splits(tokenizer, splits, args.out, tokenizer_sha256=tokenizer_sha256(tokenizer, Path(args.tokenizer)),
                     preprocessing=preprocessing, seed=params.get("evaluate", {}).get("seed", 0),
                     batch_size=block.get("evaluate", {}).get("batch_size", 16),
-                    device="cuda" if torch.cuda.is_available() else "cpu", **cfg)
+                    device="cuda" if torch.cuda.is_available() else "cpu", **cfg,
+                    **dict(zip(("classes", "labels"), class_labels(args.prepared))))
 
 
 def cmd_report(args, params) -> None:
