@@ -324,6 +324,16 @@ BUILD_COMMANDS = {
 }
 
 
+# The generator's commands (bodies in coda/generation/commands.py): train-generator reads the scale's
+# `generator` block of params.yaml, sample needs no params.yaml. Not DAG stages yet.
+GENERATION_COMMANDS = {
+    "train-generator": ("train the class-conditional next-scale generator on token files (resumes when rerun)",
+                        "add_train_arguments"),
+    "sample": ("a generator's class-conditional samples: PNGs, their tokens and an ADM-style npz; reports images/s",
+               "add_sample_arguments"),
+}
+
+
 def run_on_files(args) -> None:
     from . import image_files
 
@@ -390,6 +400,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--scale", help="override params.yaml's `scale`")
         p.add_argument("--out", help="where to write it (default: the scale's vae.path)")
         _add_common_arguments(p)
+    from .generation import commands as generation
+
+    for name, (help_text, add_arguments) in GENERATION_COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == "train-generator":
+            p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+            p.add_argument("--scale", help="override params.yaml's `scale`")
+        getattr(generation, add_arguments)(p)
+        _add_common_arguments(p)
     for name, (help_text, inputs_help) in FILE_COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         _add_file_arguments(p, name, inputs_help)
@@ -407,11 +426,21 @@ def main(argv=None) -> int:
         if args.command in FILE_COMMANDS:
             run_on_files(args)
             return 0
+        if args.command == "sample":
+            from .generation.commands import sample
+
+            sample(args)
+            return 0
         params = load_params(args.params, scale=args.scale)
         if args.command in COMMANDS:  # a build command makes its input
             check_external_inputs(params)  # DVC's up-front refusal; Snakemake runs it in onstart too
         if args.command in GPU_COMMANDS:
             claim_gpu()  # before anything touches CUDA: this job's own card, never one another job holds
+        if args.command == "train-generator":
+            from .generation.commands import train_generator
+
+            train_generator(args, params)
+            return 0
         (COMMANDS | BUILD_COMMANDS)[args.command][0](args, params)
     except Exception as error:
         if args.debug or not isinstance(error, user_errors()):
@@ -426,7 +455,8 @@ def user_errors() -> tuple[type[Exception], ...]:
     from .compat.ldm import LayoutError
     from .data.bad_images import BadImageError
     from .evaluation.reference import StaleReferenceError
+    from .generation.commands import GenerationInputError
     from .train.loop import NonFiniteLossError
 
     return (ParamsError, FileNotFoundError, NotADirectoryError, UnreadableFileError, LayoutError, BadImageError,
-            NonFiniteLossError, StaleReferenceError)
+            NonFiniteLossError, StaleReferenceError, GenerationInputError)

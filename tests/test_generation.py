@@ -109,3 +109,15 @@ def test_classes_by_name_or_index_and_unknown_refused():
         model.class_index("moss")
     with pytest.raises(ValueError, match="unknown class '2'"):
         model.class_index(2)
+
+
+def test_top_k_top_p_keep_the_smallest_set_of_top_p_mass_among_the_top_k():
+    from coda.generation.sampler import sample_tokens
+
+    logits = torch.log(torch.tensor([[[0.05, 0.4, 0.3, 0.15, 0.1]]]))
+    draws = lambda k, p: {int(sample_tokens(logits, k, p, torch.Generator().manual_seed(s))) for s in range(300)}
+    assert draws(0, 0.0) == {0, 1, 2, 3, 4}
+    assert draws(3, 0.0) == {1, 2, 3}
+    assert draws(0, 0.6) == {1, 2}        # 0.4 + 0.3 reach 0.6
+    assert draws(4, 0.8) == {1, 2, 3}     # renormalised over the top 4: 0.4/0.95 + 0.3/0.95 < 0.8
+    assert draws(2, 0.99) == {1, 2} and draws(1, 0.5) == {1}

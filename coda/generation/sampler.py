@@ -3,7 +3,7 @@
 
 Guidance runs in a doubled batch [conditional; null class]. VAR's ramp: at scale si (0-based) of K,
 t = cfg * si / (K - 1) and logits = (1 + t) * cond - t * uncond, so the first scale is unguided and
-the last gets 1 + cfg. Then temperature, top-k and top-p filtering (VAR's
+the last gets 1 + cfg. Then temperature, top-k and top-p filtering (the distribution of VAR's
 ``sample_with_top_k_top_p_``) and one ``torch.multinomial`` draw per scale from a seeded
 generator: the same seed, labels and settings give the same tokens.
 """
@@ -33,25 +33,36 @@ def guidance_weight(cfg: float, scale_index: int, num_scales: int) -> float:
     return cfg * scale_index / max(1, num_scales - 1)
 
 
-def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 0.0) -> Tensor:
-    """Logits outside the top k, or outside the smallest set holding top_p of the mass, set to -inf."""
-    logits = logits.clone()
-    if top_k > 0:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
-        logits.masked_fill_(logits < kth, -torch.inf)
-    if top_p > 0:
-        ordered, order = logits.sort(dim=-1, descending=False)
-        remove = ordered.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
-        remove[..., -1:] = False  # always keep the most likely code
-        logits.masked_fill_(remove.scatter(-1, order, remove), -torch.inf)
-    return logits
+def top_p_mask(ascending: Tensor, top_p: float) -> Tensor:
+    """On logits sorted ascending: True where a code falls outside the smallest set holding top_p of
+    the mass (VAR's rule: cumulative mass <= 1 - top_p; the most likely code is always kept)."""
+    remove = ascending.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
+    remove[..., -1:] = False
+    return remove
 
 
 def draw(logits: Tensor, generator: torch.Generator | None) -> Tensor:
-    """One multinomial draw per token of B x l x V logits -> B x l."""
-    batch, length, vocab = logits.shape
-    return torch.multinomial(logits.softmax(dim=-1).view(-1, vocab), 1, replacement=True,
+    """One multinomial draw per token of B x l x n logits -> B x l (VAR: torch.multinomial, replacement)."""
+    batch, length, n = logits.shape
+    return torch.multinomial(logits.softmax(dim=-1).view(-1, n), 1, replacement=True,
                              generator=generator).view(batch, length)
+
+
+def sample_tokens(logits: Tensor, top_k: int = 0, top_p: float = 0.0,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """Draw from B x l x V logits restricted to the top k, then to the top_p mass: the distribution
+    of VAR's sample_with_top_k_top_p_. With top_k the draw is over the k candidates (sorting k
+    values instead of V; codes outside them have probability zero either way)."""
+    if top_k <= 0:
+        if top_p > 0:
+            ordered, order = logits.sort(dim=-1)
+            remove = top_p_mask(ordered, top_p)
+            logits = logits.masked_fill(remove.scatter(-1, order, remove), -torch.inf)
+        return draw(logits, generator)
+    values, index = logits.topk(min(top_k, logits.shape[-1]), dim=-1)  # descending
+    if top_p > 0:
+        values = values.masked_fill(top_p_mask(values.flip(-1), top_p).flip(-1), -torch.inf)
+    return index.gather(-1, draw(values, generator)[..., None])[..., 0]
 
 
 @torch.no_grad()
@@ -88,7 +99,7 @@ def generate(model: NextScaleGenerator, labels: Tensor, settings: SamplingSettin
                 idx = forced[si].reshape(batch, side * side).to(raw.device)
             else:
                 scaled = guided / settings.temperature if settings.temperature != 1.0 else guided
-                idx = draw(filter_logits(scaled, settings.top_k, settings.top_p), generator)
+                idx = sample_tokens(scaled, settings.top_k, settings.top_p, generator)
             if on_scale is not None:
                 on_scale(si, raw, guided)
             tokens.append(idx.view(batch, side, side))
