@@ -87,3 +87,23 @@ def test_resume_after_a_stop_is_bit_exact(tmp_path):
     drop = lambda text: [line.split("\t")[:6] for line in text.splitlines()]  # images_per_s aside
     assert drop((tmp_path / "whole" / "train_log.tsv").read_text()) == \
         drop((tmp_path / "split" / "train_log.tsv").read_text())
+
+
+def test_the_params_schema_lists_exactly_the_generator_settings():
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/params.schema.yaml").read_text())
+    keys = set(schema["$defs"]["generator"]["properties"])
+    assert keys == {f.name for f in dataclasses.fields(GeneratorSettings)}
+    with pytest.raises(ValueError, match="did you mean 'width'"):
+        GeneratorSettings.from_dict({"widht": 8})
+
+
+def test_var_recipe_fills_what_is_left_null():
+    d16, d30 = GeneratorSettings(), GeneratorSettings(depth=30, width=1920, heads=30)
+    assert (d16.base_lr, d16.init_adaln_gamma, d16.final_lr_fraction) == (1e-4, 1e-3, 0.1)
+    assert d16.drop_path == pytest.approx(0.1 * 16 / 24)
+    assert (d30.base_lr, d30.init_adaln_gamma, d30.final_lr_fraction) == (8e-5, 1e-5, 0.01)

@@ -66,7 +66,7 @@ class GeneratorSettings:
     base_lr: float | None = None          # per 256 images; null: 1e-4 (d16, d20), 8e-5 (d24, d30)
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.05
-    warmup_epochs: float | None = None    # null: epochs / 50
+    warmup_epochs: float | None = None    # null: 1/50 of the run (VAR: epochs / 50)
     final_lr_fraction: float | None = None  # null: 0.1 (d16, d20), 0.01 (d24, d30)
     grad_clip: float = 2.0
     class_dropout: float = 0.1
@@ -85,8 +85,6 @@ class GeneratorSettings:
         for key, value in recipe.items():
             if getattr(self, key, 0) is None:
                 setattr(self, key, value)
-        if self.warmup_epochs is None:
-            self.warmup_epochs = self.epochs / 50
         checks = {"depth": self.depth >= 1, "width": self.width >= 1,
                   "heads": self.heads >= 1 and self.width % self.heads == 0,
                   "batch_size": self.batch_size >= 1, "global_batch": self.global_batch >= 1,
@@ -200,7 +198,7 @@ def fit(settings: GeneratorSettings, model: NextScaleGenerator, dataset: Dataset
     if steps_per_epoch == 0:
         raise ValueError(f"the token set has {len(dataset)} items, fewer than one global batch of {global_batch}")
     total_steps = settings.max_steps or math.ceil(settings.epochs * steps_per_epoch)
-    warmup_steps = settings.warmup_epochs * steps_per_epoch
+    warmup_steps = total_steps / 50 if settings.warmup_epochs is None else settings.warmup_epochs * steps_per_epoch
     peak_lr = settings.base_lr * global_batch / 256
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if settings.bf16 else nullcontext()
     model = model.to(device).train()
