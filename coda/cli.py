@@ -101,7 +101,7 @@ def _write_vae(name: str, cfg: dict, prepared, out: Path, scale: str) -> None:
         if "path" not in cfg:
             raise ParamsError(f"{key}.path is required for source: {cfg['source']}")
         if cfg["source"] == "mar":
-            from .compat import load_mar_vae
+            from .compat.vae import load_mar_vae
 
             vae = load_mar_vae(cfg["path"])
         else:
