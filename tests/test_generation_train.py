@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from coda.generation.train import (GeneratorSettings, build_generator, fit, learning_rate, parameter_groups)
+from coda.generation.train import GeneratorSettings, build_generator, fit, parameter_groups
+from coda.schedule import lin0_learning_rate
 
 SCALES = (1, 2, 3)
 
@@ -38,7 +39,7 @@ def model_for(cfg):
 
 
 def test_lin0_schedule_warms_up_holds_and_decays_to_the_final_fraction():
-    lrs = [learning_rate(s, 1000, 100, 1.0, 0.1) for s in range(1000)]
+    lrs = [lin0_learning_rate(s, 1000, 100, 1.0, 0.1) for s in range(1000)]
     assert lrs[0] == pytest.approx(0.005) and lrs[50] == pytest.approx(0.005 + 0.995 * 0.5)
     assert lrs[100] == 1.0 and lrs[140] == 1.0  # held for 5 % of the 899 steps after warm-up
     assert lrs[999] == pytest.approx(0.1)
