@@ -108,3 +108,13 @@ def test_var_recipe_fills_what_is_left_null():
     assert (d16.base_lr, d16.init_adaln_gamma, d16.final_lr_fraction) == (1e-4, 1e-3, 0.1)
     assert d16.drop_path == pytest.approx(0.1 * 16 / 24)
     assert (d30.base_lr, d30.init_adaln_gamma, d30.final_lr_fraction) == (8e-5, 1e-5, 0.01)
+
+
+def test_a_trained_generator_beats_the_unigram_on_held_out_tokens(tmp_path):
+    from coda.generation.evaluate import bits_table
+
+    cfg = settings(max_steps=30, checkpoint_every=100, warmup_epochs=0, class_dropout=0.0, base_lr=0.5)
+    model = fit(cfg, model_for(cfg), ToyTokens(), tmp_path).model
+    table = bits_table(model, ToyTokens(), ToyTokens(n=12, seed=1))
+    assert table["generator_mean"] < table["unigram_mean"] < table["uniform"] == 4.0
+    assert len(table["generator"]) == len(SCALES)
