@@ -118,3 +118,16 @@ def test_a_trained_generator_beats_the_unigram_on_held_out_tokens(tmp_path):
     table = bits_table(model, ToyTokens(), ToyTokens(n=12, seed=1))
     assert table["generator_mean"] < table["unigram_mean"] < table["uniform"] == 4.0
     assert len(table["generator"]) == len(SCALES)
+
+
+def test_duplicate_share_counts_samples_equal_to_a_training_item():
+    from coda.generation.evaluate import duplicate_share
+
+    train = ToyTokens(n=6)
+    copied = [torch.stack([train[0][0][i], train[4][0][i], (train[1][0][i] + 1) % 16]) for i in range(len(SCALES))]
+    assert duplicate_share(copied, train) == pytest.approx(2 / 3)
+    coarse = [c.clone() for c in copied]
+    coarse[2][2] = (coarse[2][2] + 3) % 16  # only the finest scale of a non-copy changes
+    assert duplicate_share(coarse, train, num_scales=2) == pytest.approx(2 / 3)
+    coarse[2][0] = (coarse[2][0] + 1) % 16
+    assert duplicate_share(coarse, train) == pytest.approx(1 / 3) and duplicate_share(coarse, train, 2) == 2 / 3

@@ -66,3 +66,16 @@ def bits_table(model: NextScaleGenerator, train: Dataset, held_out: Dataset, bat
     return {"scales": list(model.scales), "generator": gen, "unigram": uni,
             "uniform": math.log2(model.codebook_size), "generator_mean": mean(gen), "unigram_mean": mean(uni),
             "items": len(held_out)}
+
+
+def duplicate_share(samples: list[torch.Tensor], train: Dataset, num_scales: int | None = None) -> float:
+    """Memorisation, exactly: the share of sampled token maps (one B x s x s tensor per scale) whose
+    first ``num_scales`` scales (all: None) equal those of some training item."""
+    k = len(samples) if num_scales is None else num_scales
+    length = sum(level[0].numel() for level in samples[:k])
+    seen = set()
+    for batch in DataLoader(FlatTokens(train), batch_size=256):
+        tokens, _ = split_flat(batch)
+        seen.update(row.numpy().tobytes() for row in tokens[:, :length])
+    flat = torch.cat([level.reshape(level.shape[0], -1) for level in samples[:k]], dim=1).long().cpu()
+    return sum(row.numpy().tobytes() in seen for row in flat) / len(flat)
