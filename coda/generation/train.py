@@ -10,8 +10,9 @@ clip 2.0; class dropout 0.1 (the label becomes the null class); cross-entropy we
 L tokens, so a scale weighs its share of the tokens; optional bf16 autocast.
 
 All randomness of a step is a function of (seed, step, micro-batch): the data order of an epoch
-(``coda.train.inputs.micro_batch_stream``), the class dropout; drop path draws from torch's global
-generator, whose state the checkpoint keeps.
+(``coda.train.inputs.micro_batch_stream``), the class dropout, and drop path (torch's global
+generator, seeded per micro-batch). So a resumed run, or one split over ranks, computes what one
+uninterrupted process computes.
 """
 from __future__ import annotations
 
@@ -225,8 +226,10 @@ def fit(settings: GeneratorSettings, model: NextScaleGenerator, dataset: Dataset
         sums = torch.zeros(3, len(scales), dtype=torch.float64, device=device)
         for k in range(accum):
             tokens, labels = split_flat(next(stream))
-            generator = torch.Generator(device).manual_seed(mix_seeds(settings.seed, step, k * info.world_size + info.rank))
+            micro = k * info.world_size + info.rank  # this micro-batch's place in the global batch
+            generator = torch.Generator(device).manual_seed(mix_seeds(settings.seed, step, micro))
             labels = drop_labels(labels, settings.class_dropout, model.num_classes, generator)
+            torch.manual_seed(mix_seeds(settings.seed, step, micro, 1))  # drop path: per micro-batch too
             with torch.no_grad():
                 inputs = model.inputs.teacher_forcing(unflatten(tokens, scales))
             with autocast:
