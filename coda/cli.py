@@ -15,7 +15,7 @@ from pathlib import Path
 from .config import (DEFAULT_VAE, ParamsError, at_scale, ceiling_name, experiment_config, experiment_vae,
                      load_params, scale_block, scale_experiments, scale_vaes, vae_location)
 from .devices import claim_gpu
-from .files import UnreadableFileError, write_json
+from .files import UnreadableFileError, out_of_space, write_json, write_text
 from .inputs import check_external_inputs
 
 GPU_COMMANDS = ("vae", "cache", "train", "reference", "evaluate", "tokenize")
@@ -29,13 +29,22 @@ class _Tee:
 
     def write(self, text):
         for s in self.streams:
-            s.write(text)
-            s.flush()
+            try:
+                s.write(text)
+                s.flush()
+            except OSError:  # the log file's disk is full: keep the console, so the error message still shows
+                if s is self.streams[0]:
+                    raise
+                self.streams = tuple(k for k in self.streams if k is not s)
         return len(text)
 
     def flush(self):
         for s in self.streams:
-            s.flush()
+            try:
+                s.flush()
+            except OSError:
+                if s is self.streams[0]:
+                    raise
 
     def isatty(self):
         return False
@@ -116,7 +125,7 @@ def _write_vae(name: str, cfg: dict, prepared, out: Path, scale: str) -> None:
         info["subfolder"] = cfg["subfolder"]
     if "recipe" in cfg:
         info["label"] = f"small KL-VAE pretrained on the demo photos ({cfg['path']})"
-    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    write_json(info_path, info)
     print(f"VAE {name!r} ready in {out / 'vae'} (hash {info['hash'][:12]})")
 
 
@@ -166,7 +175,7 @@ def cmd_train(args, params) -> None:
     if not at_scale(params, experiment):
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         _no_row(params, experiment, out / "tokenizer")
-        (out / "train_log.tsv").write_text("step\n")
+        write_text(out / "train_log.tsv", "step\n")
     elif experiment.get("kind", "train") == "released":
         save_released(experiment, args.out)
     else:
@@ -412,7 +421,17 @@ def main(argv=None) -> int:
         if args.command in GPU_COMMANDS:
             claim_gpu()  # before anything touches CUDA: this job's own card, never one another job holds
         (COMMANDS | BUILD_COMMANDS)[args.command][0](args, params)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"coda {args.command}: interrupted; every file it finished is kept and none is left half-written: "
+              "rerun the same command to go on (training resumes from its last checkpoint)", file=sys.stderr)
+        return 130
     except Exception as error:
+        if not args.debug and (reason := out_of_space(error)):
+            print(f"coda {args.command}: error: {reason}, then rerun the same command: nothing was left "
+                  "half-written, and finished files are kept", file=sys.stderr)
+            return 2
         if args.debug or not isinstance(error, user_errors()):
             raise
         print(f"coda {args.command}: error: {error}", file=sys.stderr)

@@ -12,14 +12,16 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..files import atomic_path
+
 DPI = 120
 LABEL_SIZE = 10
 
 
 def _save(figure: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=DPI, bbox_inches="tight")
+    with atomic_path(path) as temporary:  # a full disk leaves the old figure, not half of a new one
+        figure.savefig(temporary, dpi=DPI, bbox_inches="tight", format="png")
     return path
 
 
