@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .config import (DEFAULT_VAE, ParamsError, at_scale, ceiling_name, experiment_config, experiment_vae,
                      load_params, scale_block, scale_experiments, scale_vaes, vae_location)
-from .devices import claim_gpu
+from .devices import check_gpu, claim_gpu
 from .files import UnreadableFileError, out_of_space, write_json, write_text
 from .inputs import check_external_inputs
 
@@ -420,6 +420,10 @@ def main(argv=None) -> int:
             check_external_inputs(params)  # DVC's up-front refusal; Snakemake runs it in onstart too
         if args.command in GPU_COMMANDS:
             claim_gpu()  # before anything touches CUDA: this job's own card, never one another job holds
+            experiment = getattr(args, "experiment", None)
+            device = experiment_config(params, experiment if experiment in params["experiments"] else "base")
+            check_gpu(params["scale"], scale_block(params).get("require_gpu", False),
+                      device.get("train", {}).get("device", "auto"))
         (COMMANDS | BUILD_COMMANDS)[args.command][0](args, params)
     except KeyboardInterrupt:
         if args.debug:
@@ -443,8 +447,9 @@ def user_errors() -> tuple[type[Exception], ...]:
     """Exceptions that mean the user has something to fix; imported only when one is raised."""
     from .compat.ldm import LayoutError
     from .data.bad_images import BadImageError
+    from .devices import NoGpuError
     from .evaluation.reference import StaleReferenceError
     from .train.loop import NonFiniteLossError
 
     return (ParamsError, FileNotFoundError, NotADirectoryError, UnreadableFileError, LayoutError, BadImageError,
-            NonFiniteLossError, StaleReferenceError)
+            NonFiniteLossError, StaleReferenceError, NoGpuError)

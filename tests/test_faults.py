@@ -153,3 +153,38 @@ def test_ctrl_c_during_training_is_one_line_exit_130_and_the_rerun_ends_as_an_un
         assert (out / name).read_bytes() == (tmp_path / "reference" / name).read_bytes()
     steps = [int(line.split("\t")[0]) for line in (out / "train_log.tsv").read_text().splitlines()[1:]]
     assert steps == list(range(1, 121))
+
+
+def test_a_gpu_scale_without_a_usable_gpu_stops_at_once_unless_the_cpu_is_asked_for(stage, tmp_path, capsys,
+                                                                                      monkeypatch):
+    """No silent CPU training at the paper scale: `device: auto` at a scale with require_gpu stops before
+    any work, naming the torch build and the driver; `device: cpu` runs."""
+    from coda import devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    monkeypatch.setattr(devices.shutil, "which", lambda name: None)
+
+    def at_gpu_scale(argv):
+        path = argv[argv.index("--params") + 1]
+        params = yaml.safe_load(open(path))
+        params["scales"]["test"]["require_gpu"] = True
+        open(path, "w").write(yaml.safe_dump(params))
+        return argv
+
+    assert main(at_gpu_scale(stage("out", device="auto"))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("coda train: error: scale 'test' needs a GPU")
+    assert "built for CUDA 12.4" in err[0] and "no NVIDIA driver" in err[0] and "train.device: cpu" in err[0]
+    assert not (tmp_path / "out").exists()
+    assert main(at_gpu_scale(stage("cpu", device="cpu"))) == 0
+    assert json.loads((tmp_path / "cpu/run.json").read_text())["device"] == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)   # with a GPU, auto passes the check
+    devices.check_gpu("test", True, "auto")
+
+
+def test_the_paper_scale_requires_a_gpu():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert params["scales"]["imagenet"]["require_gpu"] is True
+    assert params["scales"]["imagenet"]["experiment"]["train"]["device"] == "auto"
+    assert not params["scales"]["demo"].get("require_gpu") and not params["scales"]["tiny"].get("require_gpu")
