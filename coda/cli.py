@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import __version__
 from .config import (DEFAULT_VAE, ParamsError, at_scale, ceiling_name, experiment_config, experiment_vae,
                      load_params, scale_block, scale_experiments, scale_vaes, vae_location)
 from .devices import check_gpu, claim_gpu
@@ -325,6 +326,21 @@ COMMANDS = {
 }
 
 
+# What each stage flag names (the pipeline passes work/<scale>/<stage> folders).
+FLAG_HELP = {
+    "--out": "folder (or file) the stage writes its outputs to",
+    "--experiment": "an experiment of params.yaml (experiments.<name>); for evaluate also `vae`, the VAE itself",
+    "--prepared": "the prepare stage's folder (work/<scale>/prepared)",
+    "--vae": "the vae stage's folder (work/<scale>/vae)",
+    "--cache": "the cache stage's folder of VAE latents (work/<scale>/cache)",
+    "--reference": "the reference stage's folder of validation-set statistics (work/<scale>/reference)",
+    "--tokenizer": "a trained tokenizer folder (work/<scale>/train/<experiment>/tokenizer); not with --experiment vae",
+    "--reported": "the paper's published numbers (references/reported.csv)",
+    "--train": "the train stages' parent folder (work/<scale>/train)",
+    "--eval": "the evaluate stages' parent folder (work/<scale>/eval)",
+}
+
+
 # Run once by a maintainer, not by the DAG (tests/test_pipeline.py reads every cmd_* function as a stage).
 BUILD_COMMANDS = {
     "pretrain-vae": (pretrain_vae_command, "train the scale's pretrained VAE from scales.<scale>.vae.recipe "
@@ -384,6 +400,7 @@ def _add_common_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coda", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"coda {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text, arguments) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -391,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--scale", help="override params.yaml's `scale` (Snakemake passes --config scale=...)")
         _add_common_arguments(p)
         for flag in arguments:
-            p.add_argument(flag, required=flag != "--tokenizer" or name != "evaluate")
+            p.add_argument(flag, required=flag != "--tokenizer" or name != "evaluate", help=FLAG_HELP[flag])
     for name, (_, help_text) in BUILD_COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")

@@ -209,6 +209,6 @@ def remedy(item: ExternalInput, scale: str) -> str:
         return item.how
     where = ("offline (HF_HUB_OFFLINE=1) nothing is downloaded: run `coda fetch --scale " f"{scale}` with network"
              if offline() else f"run `coda fetch --scale {scale}` (the pipeline's first stage)")
-    login = (f"; {item.source.repo_id} is gated: accept its licence on the hub, then `huggingface-cli login` "
+    login = (f"; {item.source.repo_id} is gated: accept its licence on the hub, then `hf auth login` "
              "or set HF_TOKEN") if getattr(item.source, "repo_id", None) in GATED else ""
     return f"{where}, which downloads it from {item.source}{login}; or {item.how}"
