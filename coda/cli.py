@@ -465,8 +465,9 @@ def user_errors() -> tuple[type[Exception], ...]:
     from .compat.ldm import LayoutError
     from .data.bad_images import BadImageError
     from .devices import NoGpuError
+    from .inputs import MissingPackageError
     from .evaluation.reference import StaleReferenceError
     from .train.loop import NonFiniteLossError
 
     return (ParamsError, FileNotFoundError, NotADirectoryError, UnreadableFileError, LayoutError, BadImageError,
-            NonFiniteLossError, StaleReferenceError, NoGpuError)
+            NonFiniteLossError, StaleReferenceError, NoGpuError, MissingPackageError)
