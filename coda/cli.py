@@ -111,7 +111,7 @@ def _write_vae(name: str, cfg: dict, prepared, out: Path, scale: str) -> None:
         if "path" not in cfg:
             raise ParamsError(f"{key}.path is required for source: {cfg['source']}")
         if cfg["source"] == "mar":
-            from .compat import load_mar_vae
+            from .compat.vae import load_mar_vae
 
             vae = load_mar_vae(cfg["path"])
         else:
@@ -268,7 +268,7 @@ def _evaluate(args, params, tokenizer, vae_dir: Path, out: Path, posterior: str,
 def cmd_tokenize(args, params) -> None:
     import torch
 
-    from .data.datasets import ArrayImages, read_meta, train_dataset
+    from .data.datasets import ArrayImages, class_labels, read_meta, train_dataset
     from .tokenizer import Tokenizer, tokenizer_sha256
     from .tokens import tokenize_splits
 
@@ -283,7 +283,8 @@ def cmd_tokenize(args, params) -> None:
     tokenize_splits(tokenizer, splits, args.out, tokenizer_sha256=tokenizer_sha256(tokenizer, Path(args.tokenizer)),
                     preprocessing=preprocessing, seed=params.get("evaluate", {}).get("seed", 0),
                     batch_size=block.get("evaluate", {}).get("batch_size", 16),
-                    device="cuda" if torch.cuda.is_available() else "cpu", **cfg)
+                    device="cuda" if torch.cuda.is_available() else "cpu", **cfg,
+                    **dict(zip(("classes", "labels"), class_labels(args.prepared))))
 
 
 def cmd_report(args, params) -> None:
@@ -345,6 +346,16 @@ FLAG_HELP = {
 BUILD_COMMANDS = {
     "pretrain-vae": (pretrain_vae_command, "train the scale's pretrained VAE from scales.<scale>.vae.recipe "
                      "into its path (the demo's models/demo-vae; make demo-vae), on the CPU"),
+}
+
+
+# The generator's commands (bodies in coda/generation/commands.py): train-generator reads the scale's
+# `generator` block of params.yaml, sample needs no params.yaml. Not DAG stages yet.
+GENERATION_COMMANDS = {
+    "train-generator": ("train the class-conditional next-scale generator on token files (resumes when rerun)",
+                        "add_train_arguments"),
+    "sample": ("a generator's class-conditional samples: PNGs, their tokens and an ADM-style npz; reports images/s",
+               "add_sample_arguments"),
 }
 
 
@@ -415,6 +426,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--scale", help="override params.yaml's `scale`")
         p.add_argument("--out", help="where to write it (default: the scale's vae.path)")
         _add_common_arguments(p)
+    from .generation import commands as generation
+
+    for name, (help_text, add_arguments) in GENERATION_COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == "train-generator":
+            p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+            p.add_argument("--scale", help="override params.yaml's `scale`")
+        getattr(generation, add_arguments)(p)
+        _add_common_arguments(p)
     for name, (help_text, inputs_help) in FILE_COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         _add_file_arguments(p, name, inputs_help)
@@ -432,6 +452,11 @@ def main(argv=None) -> int:
         if args.command in FILE_COMMANDS:
             run_on_files(args)
             return 0
+        if args.command == "sample":
+            from .generation.commands import sample
+
+            sample(args)
+            return 0
         params = load_params(args.params, scale=args.scale)
         if args.command in COMMANDS:  # a build command makes its input
             check_external_inputs(params)  # DVC's up-front refusal; Snakemake runs it in onstart too
@@ -441,6 +466,11 @@ def main(argv=None) -> int:
             device = experiment_config(params, experiment if experiment in params["experiments"] else "base")
             check_gpu(params["scale"], scale_block(params).get("require_gpu", False),
                       device.get("train", {}).get("device", "auto"))
+        if args.command == "train-generator":
+            from .generation.commands import train_generator
+
+            train_generator(args, params)
+            return 0
         (COMMANDS | BUILD_COMMANDS)[args.command][0](args, params)
     except KeyboardInterrupt:
         if args.debug:
@@ -467,7 +497,8 @@ def user_errors() -> tuple[type[Exception], ...]:
     from .devices import NoGpuError
     from .inputs import MissingPackageError
     from .evaluation.reference import StaleReferenceError
+    from .generation.commands import GenerationInputError
     from .train.loop import NonFiniteLossError
 
     return (ParamsError, FileNotFoundError, NotADirectoryError, UnreadableFileError, LayoutError, BadImageError,
-            NonFiniteLossError, StaleReferenceError, NoGpuError, MissingPackageError)
+            NonFiniteLossError, StaleReferenceError, GenerationInputError, NoGpuError, MissingPackageError)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import DEFAULT_VAE, experiment_config, scale_block, scale_experiments, scale_vaes
+from .train.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -67,11 +68,6 @@ INCEPTION = UrlFile(  # torch_fidelity.feature_extractor_inceptionv3.URL_INCEPTI
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
     sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2", size=95_628_359)
 DIFFUSERS_VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")  # a diffusers AutoencoderKL
-# The authors' released tokenizers (Tokenizer.from_official): their hub repository and, per variant,
-# the EMA weights their training script saves.
-RELEASED_REPO = "shuidi0020/CODA"
-RELEASED_FILES = {"f16": ("mar_v16384/vae_ema.pth", "mar_v16384/quantizer_ema.pth"),
-                  "f8": ("flux_v65536/vae_ema.pth", "flux_v65536/quantizer_ema.pth")}
 GATED = {"black-forest-labs/FLUX.1-dev"}  # hub repositories that need an accepted licence and a login
 
 
@@ -187,11 +183,9 @@ def external_inputs(params: dict) -> list[ExternalInput]:
         if config.get("kind") == "released":
             needed += _released(config, experiment)
             continue
-        train = config.get("train", {})
-        kind = train.get("discriminator", "auto")
-        dino = kind == "dino" or (kind == "auto" and train.get("dino_weights"))
-        if dino and train.get("data_mode", "images") == "images" and train.get("gan_weight", 1.0) > 0:
-            dino_users.setdefault(train.get("dino_weights") or "(not set)", []).append(experiment)
+        train = TrainConfig.from_dict(config.get("train"))
+        if train.discriminator_kind == "dino" and train.data_mode == "images" and train.gan_weight > 0:
+            dino_users.setdefault(train.dino_weights or "(not set)", []).append(experiment)
     for where, users in dino_users.items():
         directory = where != "(not set)" and not Path(where).suffix  # a directory of the hub's files can be fetched
         needed.append(ExternalInput(where, f"DINO ViT-S/16 weights for the discriminator "
@@ -213,6 +207,8 @@ def external_inputs(params: dict) -> list[ExternalInput]:
 
 def _released(config: dict, experiment: str) -> list[ExternalInput]:
     """The authors' two checkpoint files: in their hub repository (``repo``), or local paths."""
+    from .compat.release import RELEASED_REPO, released_files
+
     files = released_files(config)
     if config.get("repo"):
         return [ExternalInput(config["repo"], f"released CODA checkpoints, variant {config.get('variant', 'f16')} "
@@ -221,12 +217,6 @@ def _released(config: dict, experiment: str) -> list[ExternalInput]:
     return [ExternalInput(path, f"released CODA checkpoint (experiments.{experiment}.{key})",
                           f"download the authors' files ({RELEASED_REPO} on the hub)")
             for key, path in zip(("vae_file", "quantizer_file"), files)]
-
-
-def released_files(config: dict) -> tuple[str, str]:
-    """``vae_file`` and ``quantizer_file`` of a released experiment: given, or the variant's release names."""
-    default = RELEASED_FILES[config.get("variant", "f16")]
-    return config.get("vae_file", default[0]), config.get("quantizer_file", default[1])
 
 
 def check_external_inputs(params: dict, present: bool = False) -> None:

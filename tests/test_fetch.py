@@ -15,7 +15,8 @@ from coda import inputs
 from coda.cli import main
 from coda.config import load_params
 from coda.fetch import ChecksumError, fetch
-from coda.inputs import DINO_VITS16, MAR_KL16, RELEASED_FILES, RELEASED_REPO, MissingInputsError, UrlFile
+from coda.compat.release import RELEASED_FILES, RELEASED_REPO
+from coda.inputs import DINO_VITS16, MAR_KL16, MissingInputsError, UrlFile
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_hub import add_to_cache  # noqa: E402

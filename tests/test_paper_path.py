@@ -59,7 +59,7 @@ def random_mar_kl16(path):
 def random_flux_vae_in_hf_cache(cache):
     from diffusers import AutoencoderKL
 
-    from coda.compat import FLUX_VAE
+    from coda.compat.vae import FLUX_VAE
 
     snapshot = put_in_hf_cache(cache, "black-forest-labs/FLUX.1-dev", {"model_index.json": b"{}"})
     torch.manual_seed(2)

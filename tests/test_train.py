@@ -355,7 +355,7 @@ def test_coda_train_command_trains_and_resumes(tmp_path, tiny_vae):
 
 def test_coda_train_converts_released_checkpoints(tmp_path, capsys):
     """kind: released: the authors' .pth files become a tokenizer directory, nothing trains."""
-    from coda.compat import OFFICIAL_SETTINGS
+    from coda.compat.release import OFFICIAL_SETTINGS
     from coda.compat.vae import build_vae, export_official_vae_state_dict
     from coda.quantizers import build_quantizer
     from coda.tokenizer import Tokenizer

@@ -26,7 +26,7 @@ from .checkpoint import resume_training_state, save_training_state
 from .config import TrainConfig
 from .inputs import build_tokenizer, micro_batch_stream, mix_seeds
 from .log import LOG, TsvLog, finish_run_record, progress_bar, publish_log, start_run_record
-from .schedule import learning_rate
+from ..schedule import learning_rate
 
 CHECKPOINTS = "checkpoints"
 

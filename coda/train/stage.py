@@ -37,7 +37,7 @@ def train(experiment: dict, vae_dir, out_dir, *, images=None, latents=None, on_s
     if warm_up and latents is None:
         raise ValueError("train.quantizer_warmup_steps needs the latent cache (--cache / latents=)")
     if cfg.data_mode == "images" and cfg.gan_weight > 0:  # before any loading: a missing DINO file fails now
-        check_discriminator(cfg.discriminator_kind, cfg.dino_weights)
+        check_discriminator(cfg.discriminator_kind, cfg.dino_weights, cfg.dino_view, cfg.dino_heads)
     info = distributed.setup(cfg.device)
     init_quantizer, earlier_phases = None, []
     if warm_up:
@@ -64,7 +64,7 @@ def save_released(experiment: dict, out_dir) -> None:
     files of the hub repository ``repo``, read from the local cache only (the fetch stage put them
     there; nothing downloads here), or with ``repo: null`` the local ``vae_file`` and
     ``quantizer_file`` (`coda` checks they exist before any stage runs)."""
-    from ..inputs import released_files
+    from ..compat.release import released_files
     from ..tokenizer import Tokenizer
 
     repo = experiment.get("repo")

@@ -1,4 +1,5 @@
-"""Learning-rate schedule: a pure function of the step, so resuming needs only the step count."""
+"""Learning-rate schedule: a pure function of the step, so resuming needs only the step count.
+Shared by the tokenizer's trainer (coda/train) and the VAE pretraining (coda/vae_train.py)."""
 from __future__ import annotations
 
 import math
