@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from coda.generation.train import (GeneratorSettings, build_generator, fit, learning_rate, parameter_groups)
+from coda.generation.train import GeneratorSettings, build_generator, fit, parameter_groups
+from coda.schedule import lin0_learning_rate
 
 SCALES = (1, 2, 3)
 
@@ -38,7 +39,7 @@ def model_for(cfg):
 
 
 def test_lin0_schedule_warms_up_holds_and_decays_to_the_final_fraction():
-    lrs = [learning_rate(s, 1000, 100, 1.0, 0.1) for s in range(1000)]
+    lrs = [lin0_learning_rate(s, 1000, 100, 1.0, 0.1) for s in range(1000)]
     assert lrs[0] == pytest.approx(0.005) and lrs[50] == pytest.approx(0.005 + 0.995 * 0.5)
     assert lrs[100] == 1.0 and lrs[140] == 1.0  # held for 5 % of the 899 steps after warm-up
     assert lrs[999] == pytest.approx(0.1)
@@ -107,3 +108,26 @@ def test_var_recipe_fills_what_is_left_null():
     assert (d16.base_lr, d16.init_adaln_gamma, d16.final_lr_fraction) == (1e-4, 1e-3, 0.1)
     assert d16.drop_path == pytest.approx(0.1 * 16 / 24)
     assert (d30.base_lr, d30.init_adaln_gamma, d30.final_lr_fraction) == (8e-5, 1e-5, 0.01)
+
+
+def test_a_trained_generator_beats_the_unigram_on_held_out_tokens(tmp_path):
+    from coda.generation.evaluate import bits_table
+
+    cfg = settings(max_steps=30, checkpoint_every=100, warmup_epochs=0, class_dropout=0.0, base_lr=0.5)
+    model = fit(cfg, model_for(cfg), ToyTokens(), tmp_path).model
+    table = bits_table(model, ToyTokens(), ToyTokens(n=12, seed=1))
+    assert table["generator_mean"] < table["unigram_mean"] < table["uniform"] == 4.0
+    assert len(table["generator"]) == len(SCALES)
+
+
+def test_duplicate_share_counts_samples_equal_to_a_training_item():
+    from coda.generation.evaluate import duplicate_share
+
+    train = ToyTokens(n=6)
+    copied = [torch.stack([train[0][0][i], train[4][0][i], (train[1][0][i] + 1) % 16]) for i in range(len(SCALES))]
+    assert duplicate_share(copied, train) == pytest.approx(2 / 3)
+    coarse = [c.clone() for c in copied]
+    coarse[2][2] = (coarse[2][2] + 3) % 16  # only the finest scale of a non-copy changes
+    assert duplicate_share(coarse, train, num_scales=2) == pytest.approx(2 / 3)
+    coarse[2][0] = (coarse[2][0] + 1) % 16
+    assert duplicate_share(coarse, train) == pytest.approx(1 / 3) and duplicate_share(coarse, train, 2) == 2 / 3

@@ -5,7 +5,7 @@ conventions (``coda/train``): a fixed global batch with accumulation, data paral
 
 The recipe: AdamW (0.9, 0.95), weight decay 0.05 except on 1-D parameters, biases, the position
 and level embeddings and the attention scales (VAR's ``filter_params``; the class embedding decays,
-as in VAR); lr = base_lr x global batch / 256; VAR's ``lin0`` schedule (``learning_rate``); gradient
+as in VAR); lr = base_lr x global batch / 256; VAR's ``lin0`` schedule (``coda.schedule.lin0_learning_rate``); gradient
 clip 2.0; class dropout 0.1 (the label becomes the null class); cross-entropy weighted 1/L over all
 L tokens, so a scale weighs its share of the tokens; optional bf16 autocast.
 
@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..schedule import lin0_learning_rate
 from ..train import distributed
 from ..train.checkpoint import checkpoint_files, load_checkpoint, save_checkpoint
 from ..train.inputs import micro_batch_stream, mix_seeds
@@ -119,21 +120,6 @@ class GeneratorSettings:
 
 
 RESUMABLE_CHANGES = frozenset(f.name for f in dataclasses.fields(GeneratorSettings) if f.metadata.get("resumable"))
-
-
-def learning_rate(step: int, total_steps: int, warmup_steps: float, peak_lr: float, final_fraction: float,
-                  start_fraction: float = 0.005) -> float:
-    """VAR's ``lin0`` (utils/lr_control.py lr_wd_annealing): linear warm-up from 0.005 x peak over
-    ``warmup_steps`` (rounded), the peak held for the first 5 % of the rest, then linear decay to
-    ``final_fraction`` x peak at the last step."""
-    warmup = round(warmup_steps)
-    if step < warmup:
-        return peak_lr * (start_fraction + (1 - start_fraction) * step / warmup)
-    passed = (step - warmup) / max(1, total_steps - 1 - warmup)
-    hold = 0.05
-    if passed < hold:
-        return peak_lr
-    return peak_lr * (final_fraction + (1 - final_fraction) * (1 - passed) / (1 - hold))
 
 
 def parameter_groups(model: NextScaleGenerator, weight_decay: float) -> list[dict]:
@@ -231,7 +217,7 @@ def fit(settings: GeneratorSettings, model: NextScaleGenerator, dataset: Dataset
     step = start_step
     while step < total_steps:
         t0 = time.perf_counter()
-        lr = learning_rate(step, total_steps, warmup_steps, peak_lr, settings.final_lr_fraction)
+        lr = lin0_learning_rate(step, total_steps, warmup_steps, peak_lr, settings.final_lr_fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
