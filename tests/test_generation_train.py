@@ -171,3 +171,10 @@ def test_two_processes_match_one_process_bit_for_bit(tmp_path):
                             for d, r in (("two", 0), ("two", 1), ("one", 0)))
     for name in single:
         assert torch.equal(rank0[name], rank1[name]) and torch.equal(rank0[name], single[name]), name
+
+
+def test_bf16_autocast_trains(tmp_path):
+    cfg = settings(max_steps=3, bf16=True)
+    losses = []
+    fit(cfg, model_for(cfg), ToyTokens(), tmp_path, on_step=lambda step, v: losses.append(v["loss"]))
+    assert len(losses) == 3 and all(0 < loss < 10 for loss in losses)
