@@ -13,10 +13,12 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-from .config import load_params
-from .devices import claim_gpu
+from . import __version__
+from .config import experiment_config, load_params, scale_block
+from .devices import check_gpu, claim_gpu
 from .errors import UserError
 from .external_inputs import check_external_inputs
+from .files import out_of_space
 
 
 class _Tee:
@@ -27,13 +29,22 @@ class _Tee:
 
     def write(self, text):
         for s in self.streams:
-            s.write(text)
-            s.flush()
+            try:
+                s.write(text)
+                s.flush()
+            except OSError:  # the log file's disk is full: keep the console, so the error message still shows
+                if s is self.streams[0]:
+                    raise
+                self.streams = tuple(k for k in self.streams if k is not s)
         return len(text)
 
     def flush(self):
         for s in self.streams:
-            s.flush()
+            try:
+                s.flush()
+            except OSError:
+                if s is self.streams[0]:
+                    raise
 
     def isatty(self):
         return False
@@ -49,7 +60,6 @@ def _log_to(path: str | None) -> None:
 
 class Stage(NamedTuple):
     """A command on params.yaml: ``function`` of ``module`` gets the params and one keyword per flag."""
-
     module: str
     function: str
     help: str
@@ -82,11 +92,34 @@ STAGES = {
                     "files", ("--reported", "--prepared", "--train", "--eval", "--out")),
 }
 
+# What each stage flag names (the pipeline passes work/<scale>/<stage> folders).
+FLAG_HELP = {
+    "--out": "folder (or file) the stage writes its outputs to",
+    "--experiment": "an experiment of params.yaml (experiments.<name>); for evaluate also `vae`, the VAE itself",
+    "--prepared": "the prepare stage's folder (work/<scale>/prepared)",
+    "--vae": "the vae stage's folder (work/<scale>/vae)",
+    "--cache": "the cache stage's folder of VAE latents (work/<scale>/cache)",
+    "--reference": "the reference stage's folder of validation-set statistics (work/<scale>/reference)",
+    "--tokenizer": "a trained tokenizer folder (work/<scale>/train/<experiment>/tokenizer); not with --experiment vae",
+    "--reported": "the paper's published numbers (references/reported.csv)",
+    "--train": "the train stages' parent folder (work/<scale>/train)",
+    "--eval": "the evaluate stages' parent folder (work/<scale>/eval)",
+}
+
 # Run once by a maintainer, not by the DAG.
 BUILD_COMMANDS = {
     "pretrain-vae": Stage("coda.stages.vae", "pretrain", "train the scale's pretrained VAE from "
-                          "scales.<scale>.vae.recipe into its path (the demo's models/demo-vae; make demo-vae), "
-                          "on the CPU", ("--out",)),
+                          "scales.<scale>.vae.recipe into its path or --out (the demo's models/demo-vae; make "
+                          "demo-vae), on the CPU", ("--out",)),
+}
+
+
+# The generator's commands, not DAG stages yet (coda/generation/commands.py; sample needs no params.yaml).
+GENERATION_COMMANDS = {
+    "train-generator": ("train the class-conditional next-scale generator on token files (resumes when rerun)",
+                        "add_train_arguments"),
+    "sample": ("a generator's class-conditional samples: PNGs, their tokens and an ADM-style npz; reports images/s",
+               "add_sample_arguments"),
 }
 
 
@@ -141,17 +174,25 @@ def _add_common_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coda", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"coda {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, stage in (STAGES | BUILD_COMMANDS).items():
         p = sub.add_parser(name, help=stage.help, description=stage.help)
         p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
         p.add_argument("--scale", help="override params.yaml's `scale` (Snakemake passes --config scale=...)")
         _add_common_arguments(p)
-        for flag in stage.flags:
-            if name in BUILD_COMMANDS:
-                p.add_argument(flag, help="where to write it (default: the scale's vae.path)")
-            else:
-                p.add_argument(flag, required=(name, flag) != ("evaluate", "--tokenizer"))
+        for flag in stage.flags:  # all required but evaluate's --tokenizer and a build command's --out
+            p.add_argument(flag, required=name in STAGES and (name, flag) != ("evaluate", "--tokenizer"),
+                           help=FLAG_HELP[flag])
+    from .generation import commands as generation
+
+    for name, (help_text, add_arguments) in GENERATION_COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == "train-generator":
+            p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+            p.add_argument("--scale", help="override params.yaml's `scale`")
+        getattr(generation, add_arguments)(p)
+        _add_common_arguments(p)
     for name, (help_text, inputs_help) in FILE_COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         _add_file_arguments(p, name, inputs_help)
@@ -168,16 +209,40 @@ def main(argv=None) -> int:
         if args.command in FILE_COMMANDS:
             run_on_files(args)
             return 0
+        if args.command == "sample":
+            from .generation.commands import sample
+
+            sample(args)
+            return 0
         params = load_params(args.params, scale=args.scale)
+        if args.command == "train-generator":
+            from .generation.commands import train_generator
+
+            train_generator(args, params)
+            return 0
         stage = STAGES.get(args.command) or BUILD_COMMANDS[args.command]
         if args.command in STAGES:  # a build command makes its input
             check_external_inputs(params)  # DVC's up-front refusal; Snakemake runs it in onstart too
         if stage.gpu:
             claim_gpu()  # before anything touches CUDA: this job's own card, never one another job holds
+            experiment = getattr(args, "experiment", None)
+            config = experiment_config(params, experiment if experiment in params["experiments"] else "base")
+            check_gpu(params["scale"], scale_block(params).get("require_gpu", False),
+                      config.get("train", {}).get("device", "auto"))
         run = getattr(importlib.import_module(stage.module), stage.function)
         run(params, **{flag[2:]: getattr(args, flag[2:]) for flag in stage.flags})
-    except (UserError, FileNotFoundError, NotADirectoryError) as error:
+    except KeyboardInterrupt:
         if args.debug:
+            raise
+        print(f"coda {args.command}: interrupted; every file it finished is kept and none is left half-written: "
+              "rerun the same command to go on (training resumes from its last checkpoint)", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if not args.debug and (reason := out_of_space(error)):
+            print(f"coda {args.command}: error: {reason}, then rerun the same command: nothing was left "
+                  "half-written, and finished files are kept", file=sys.stderr)
+            return 2
+        if args.debug or not isinstance(error, (UserError, FileNotFoundError, NotADirectoryError)):
             raise
         print(f"coda {args.command}: error: {error}", file=sys.stderr)
         return getattr(error, "exit_status", 2)

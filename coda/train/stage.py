@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from ..artifacts import TOKENIZER_DIR, TRAIN_LOG
+from ..artifacts import CHECKPOINTS, TOKENIZER_DIR, TRAIN_LOG
 from ..discriminators import check_discriminator
 from ..files import write_text
 from . import distributed
@@ -39,7 +39,7 @@ def train(experiment: dict, vae_dir, out_dir, *, images=None, latents=None, on_s
     if cfg.data_mode == "images" and cfg.gan_weight > 0:  # before any loading: a missing DINO file fails now
         check_discriminator(cfg.discriminator_kind, cfg.dino_weights, cfg.dino_view, cfg.dino_heads)
     info = distributed.setup(cfg.device)
-    init_quantizer = None
+    init_quantizer, earlier_phases = None, []
     if warm_up:
         warm = TrainConfig.from_dict({**experiment["train"], "data_mode": "latents",
                                       "max_steps": cfg.quantizer_warmup_steps, "quantizer_warmup_steps": 0,
@@ -47,9 +47,10 @@ def train(experiment: dict, vae_dir, out_dir, *, images=None, latents=None, on_s
         result = fit(warm, {**experiment, "lora": None, "train": warm.to_dict()}, vae_dir, Path(out_dir) / WARMUP,
                      open_dataset("latents", images, latents, warm.seed), info, data=_describe(latents))
         init_quantizer = result.ema_tokenizer.quantizer.state_dict()
+        earlier_phases = [("latents", Path(out_dir) / WARMUP / CHECKPOINTS / TRAIN_LOG)]  # the curves start with it
     dataset = open_dataset(cfg.data_mode, images, latents, cfg.seed)
     result = fit(cfg, experiment, vae_dir, out_dir, dataset, info, init_quantizer=init_quantizer, on_step=on_step,
-                 data=_describe(latents if cfg.data_mode == "latents" else images))
+                 data=_describe(latents if cfg.data_mode == "latents" else images), earlier_phases=earlier_phases)
     distributed.teardown(info)
     return result
 
