@@ -1,6 +1,7 @@
 """The measures on decoded samples (coda.generation.metrics) on small synthetic features and images."""
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
 
 from coda.generation import metrics
@@ -95,6 +96,45 @@ def test_nearest_neighbour_memorisation_flags_copies_not_fresh_draws():
     assert novel["share_below"] < 0.15 and novel["percentile"] == 5.0
     distances = metrics.nearest_distances(train[:3], train[3:])
     assert torch.allclose(distances, torch.cdist(train[:3], train[3:]).min(1).values)
+
+
+def fake_reference(path, dim, seed=10, **override):
+    features = gaussian(300, dim=dim, shift=0.3, seed=seed).numpy()
+    arrays = {"mu": features.mean(0), "sigma": np.cov(features, rowvar=False), **override}
+    np.savez(path, **arrays)
+    return arrays
+
+
+def test_gfid_against_a_fake_adm_reference_matches_the_frechet_formula(tmp_path):
+    dim = 16
+    arrays = fake_reference(tmp_path / "ref.npz", dim)
+    reference = metrics.load_reference_statistics(tmp_path / "ref.npz", dim=dim)
+    generated = gaussian(200, dim=dim, seed=11)
+    value = metrics.gfid(generated, reference)
+    x = generated.numpy()
+    mu, sigma = x.mean(0), np.cov(x, rowvar=False)
+    root = scipy.linalg.sqrtm(sigma @ arrays["sigma"]).real
+    expected = ((mu - arrays["mu"]) ** 2).sum() + np.trace(sigma + arrays["sigma"] - 2 * root)
+    assert value == pytest.approx(expected, rel=1e-6)
+    # an identical set is at (numerically) zero distance
+    twin = gaussian(300, dim=dim, shift=0.3, seed=10)
+    assert abs(metrics.gfid(twin, reference)) < 1e-6
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "not found"), ("no_sigma", "no sigma"), ("shape", "not Inception pool features"),
+    ("pickle", "not a readable npz"),
+])
+def test_reference_loader_refuses_a_wrong_file_with_one_line(tmp_path, case, message):
+    path = tmp_path / "ref.npz"
+    if case == "no_sigma":
+        np.savez(path, mu=np.zeros(metrics.INCEPTION_DIM))
+    elif case == "shape":
+        fake_reference(path, 16)
+    elif case == "pickle":
+        np.savez(path, mu=np.array([{"a": 1}], dtype=object), sigma=np.zeros((2, 2)))
+    with pytest.raises(metrics.ReferenceStatisticsError, match=message):
+        metrics.load_reference_statistics(path)
 
 
 def test_vgg16_features_are_the_offline_512_features():

@@ -1,5 +1,6 @@
 """What decoded samples are worth: the demo-scale measures on VGG16 features (KID against four
-baselines, class consistency, nearest-neighbour memorisation).
+baselines, class consistency, nearest-neighbour memorisation), the paper-scale gFID against ADM's
+reference statistics.
 
 Every measure takes features (N x D tensors), so the extractor is a parameter: ``vgg16_features``
 (the project's offline VGG16 relu5_3, the rFD-VGG16 extractor) at demo scale, torch-fidelity's
@@ -150,3 +151,69 @@ def nearest_neighbour_memorisation(samples: Tensor, train: Tensor, fresh_real: T
     return {"share_below": float((sampled < threshold).double().mean()), "percentile": percentile,
             "threshold": threshold, "sample_median": float(sampled.median()), "real_median": float(real.median()),
             "samples": len(sampled), "fresh_real": len(real)}
+
+
+# ---------------------------------------------------------------- paper-scale gFID
+
+
+class ReferenceStatisticsError(ValueError):
+    """The reference statistics file is not an ADM-style npz with ``mu`` and ``sigma``."""
+
+
+def load_reference_statistics(path: str | Path, dim: int = INCEPTION_DIM) -> dict:
+    """``mu`` (dim) and ``sigma`` (dim x dim) of an ADM-style reference npz (OpenAI's evaluator
+    files, e.g. ``VIRTUAL_imagenet256_labeled.npz``), float64; refused with one line otherwise.
+    Read without pickle."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReferenceStatisticsError(f"{path}: reference statistics not found (fetch VIRTUAL_imagenet256_labeled.npz)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [key for key in ("mu", "sigma") if key not in data.files]
+            if missing:
+                raise ReferenceStatisticsError(f"{path}: no {' or '.join(missing)} in the npz (it holds {sorted(data.files)}); "
+                                     "expected an ADM reference batch with mu and sigma")
+            mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+    except (OSError, ValueError) as error:
+        if isinstance(error, ReferenceStatisticsError):
+            raise
+        raise ReferenceStatisticsError(f"{path}: not a readable npz ({error})") from None
+    if mu.shape != (dim,) or sigma.shape != (dim, dim):
+        raise ReferenceStatisticsError(f"{path}: mu {mu.shape} and sigma {sigma.shape} are not ({dim},) and ({dim}, {dim}): "
+                             "not Inception pool features")
+    return {"mu": mu, "sigma": sigma}
+
+
+def feature_statistics(features: Tensor) -> dict:
+    """Mean and unbiased covariance (numpy.cov's) in float64, as torch-fidelity and ADM compute them."""
+    from coda.evaluation.frechet import FrechetStatistics
+
+    statistics = FrechetStatistics()
+    statistics.update(features)
+    return statistics.statistics()
+
+
+def gfid(features: Tensor, reference: dict) -> float:
+    """FID of generated images' features against reference statistics (torch-fidelity's
+    ``fid_statistics_to_metric``).
+
+    For a number comparable to published gFIDs the features must be torch-fidelity's
+    ``inception-v3-compat`` pool features (``inception_features``) of 50,000 uint8 samples (50 per
+    class) and the reference ADM's ``VIRTUAL_imagenet256_labeled.npz``. Neither the official
+    Inception weights nor that file are available offline here: the tests check the arithmetic on
+    a fake reference and random features, and no paper-scale gFID has been computed by this code."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
+    return float(fid_statistics_to_metric(reference, feature_statistics(features), verbose=False)[KEY_METRIC_FID])
+
+
+def inception_features(weights: str | Path | None = None, device: str | torch.device = "cpu") -> Features:
+    """torch-fidelity's Inception-v3 (``inception-v3-compat``) 2048 pool features on uint8 images;
+    the official weights from ``weights`` or torch-fidelity's cache, never random ones."""
+    from coda.evaluation.frechet import inception_feature_set, resolve_inception_weights
+
+    path, info = resolve_inception_weights(weights)
+    if path is None:
+        raise FileNotFoundError(info["missing_reason"])
+    feature_set = inception_feature_set(path, info, torch.device(device), "torch-fidelity")
+    return lambda images: feature_set(images)[0]
