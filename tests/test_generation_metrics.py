@@ -1,4 +1,7 @@
 """The measures on decoded samples (coda.generation.metrics) on small synthetic features and images."""
+import csv
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -7,6 +10,7 @@ import torch
 from coda.generation import metrics
 
 SCALES = (1, 2, 3)
+REPORTED = Path(__file__).resolve().parents[1] / "references" / "generation_reported.csv"
 
 
 def gaussian(n, dim=8, shift=0.0, seed=0):
@@ -135,6 +139,21 @@ def test_reference_loader_refuses_a_wrong_file_with_one_line(tmp_path, case, mes
         np.savez(path, mu=np.array([{"a": 1}], dtype=object), sigma=np.zeros((2, 2)))
     with pytest.raises(metrics.ReferenceStatisticsError, match=message):
         metrics.load_reference_statistics(path)
+
+
+def test_generation_csv_puts_computed_rows_above_the_published_ones(tmp_path):
+    reported = metrics.read_reported(REPORTED)
+    by_variant = {(r["method"], r["variant"]): r for r in reported}
+    assert by_variant[("VAR", "d16 (310M) NeurIPS table")]["gfid"] == "3.30"
+    assert all(r["source"] for r in reported)
+    out = metrics.write_generation_csv(tmp_path / "generation.csv",
+                                       [{"method": "CODA + VAR", "variant": "demo", "kid_vgg16": 0.0123456789,
+                                         "gfid": None, "images": 48}], reported)
+    rows = list(csv.DictReader(open(out)))
+    assert rows[0]["source"] == "computed here" and rows[0]["kid_vgg16"] == "0.0123457" and rows[0]["gfid"] == ""
+    assert len(rows) == 1 + len(reported) and rows[1]["method"] == "VAR"
+    with pytest.raises(ValueError, match="unknown generation.csv columns"):
+        metrics.write_generation_csv(tmp_path / "x.csv", [{"fid": 1.0}], reported)
 
 
 def test_vgg16_features_are_the_offline_512_features():

@@ -1,6 +1,6 @@
 """What decoded samples are worth: the demo-scale measures on VGG16 features (KID against four
 baselines, class consistency, nearest-neighbour memorisation), the paper-scale gFID against ADM's
-reference statistics.
+reference statistics, and ``results/generation.csv``.
 
 Every measure takes features (N x D tensors), so the extractor is a parameter: ``vgg16_features``
 (the project's offline VGG16 relu5_3, the rFD-VGG16 extractor) at demo scale, torch-fidelity's
@@ -9,6 +9,8 @@ B x 3 x H x W tensors, as torch-fidelity's extractors take them.
 """
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..files import write_text
 from .evaluate import unigram_counts
 
 Features = Callable[[Tensor], Tensor]  # uint8 B x 3 x H x W -> float B x D
@@ -217,3 +220,40 @@ def inception_features(weights: str | Path | None = None, device: str | torch.de
         raise FileNotFoundError(info["missing_reason"])
     feature_set = inception_feature_set(path, info, torch.device(device), "torch-fidelity")
     return lambda images: feature_set(images)[0]
+
+
+# ---------------------------------------------------------------- results/generation.csv
+
+GENERATION_COLUMNS = ("method", "variant", "tokens_per_image", "images", "gfid", "inception_score",
+                      "kid_vgg16", "class_consistency", "source")
+
+
+def read_reported(path: str | Path) -> list[dict]:
+    """The published rows (``references/generation_reported.csv``)."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [{column: row.get(column, "") for column in GENERATION_COLUMNS} for row in rows]
+
+
+def write_generation_csv(path: str | Path, computed: list[dict], reported: list[dict]) -> Path:
+    """Computed rows (source "computed here" unless they say otherwise) above the published ones;
+    missing cells stay empty. Unknown columns are refused, so a typo does not vanish."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=GENERATION_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in computed:
+        unknown = set(row) - set(GENERATION_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown generation.csv columns {sorted(unknown)}")
+        writer.writerow({"source": "computed here", **{k: _cell(v) for k, v in row.items()}})
+    for row in reported:
+        writer.writerow({k: _cell(v) for k, v in row.items()})
+    return write_text(path, buffer.getvalue())
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
