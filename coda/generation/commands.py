@@ -39,9 +39,10 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg", type=float, default=d.cfg, help=f"guidance at the last scale, ramped from 0 (default {d.cfg})")
     p.add_argument("--top-k", type=int, default=d.top_k, help=f"0: off (default {d.top_k})")
     p.add_argument("--top-p", type=float, default=d.top_p, help=f"0: off (default {d.top_p})")
-    p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--temperature", type=float, default=d.temperature,
+                   help=f"divides the logits before sampling (default {d.temperature}, VAR's)")
     p.add_argument("--seed", type=int, default=0, help="with the same --batch-size, the same samples")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="samples drawn at once (default: 32)")
     p.add_argument("--no-png", action="store_true", help="write only the tokens and the npz")
     p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
 
