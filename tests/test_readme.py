@@ -7,7 +7,7 @@ import shlex
 import sys
 
 import pytest
-from test_pipeline import BIN, ROOT, pipeline_copy, run
+from helpers import BIN, ROOT, pipeline_copy, run
 
 
 def readme_commands() -> list[str]:
