@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from .config import (DEFAULT_VAE, ParamsError, at_scale, ceiling_name, experiment_config, experiment_vae,
-                     load_params, scale_block, scale_experiments, scale_vaes, vae_location)
-from .devices import claim_gpu
+                     load_params, scale_block, scale_experiments, scale_vaes, train_processes, vae_location)
+from .devices import TooFewCardsError, claim_gpu
 from .files import UnreadableFileError, write_json
 from .inputs import check_external_inputs
 
@@ -42,10 +42,10 @@ class _Tee:
 
 
 def _log_to(path: str | None) -> None:
-    if not path:
-        return
+    if not path or int(os.environ.get("RANK", "0")) > 0:
+        return  # one log per job: rank 0's
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "w", buffering=1)
+    handle = open(path, "a" if "TORCHELASTIC_RUN_ID" in os.environ else "w", buffering=1)  # after its launcher's lines
     sys.stdout, sys.stderr = _Tee(sys.__stdout__, handle), _Tee(sys.__stderr__, handle)
 
 
@@ -158,7 +158,8 @@ def cmd_cache(args, params) -> None:
                   device="cuda" if torch.cuda.is_available() else "cpu", **cfg)
 
 
-def cmd_train(args, params) -> None:
+def cmd_train(args, params) -> int | None:
+    from .train.launch import in_rank, run_ranks
     from .train.stage import save_released, train
 
     experiment = experiment_config(params, args.experiment)
@@ -169,6 +170,8 @@ def cmd_train(args, params) -> None:
         (out / "train_log.tsv").write_text("step\n")
     elif experiment.get("kind", "train") == "released":
         save_released(experiment, args.out)
+    elif train_processes(params, args.experiment) > 1 and not in_rank():
+        return run_ranks(train_processes(params, args.experiment), args.argv)  # each rank reruns this command
     else:
         vae_dir = vae_location(args.vae, experiment_vae(experiment)) / "vae"
         train(experiment, vae_dir, args.out, images=args.prepared, latents=args.cache)
@@ -401,6 +404,7 @@ def main(argv=None) -> int:
     image under on_bad_image: error, a diverged run) ends with one message and exit status 2 (3 for a
     non-finite loss); a bug keeps its traceback."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a train job's ranks rerun
     _log_to(args.log)
     try:
         if args.command in FILE_COMMANDS:
@@ -409,15 +413,15 @@ def main(argv=None) -> int:
         params = load_params(args.params, scale=args.scale)
         if args.command in COMMANDS:  # a build command makes its input
             check_external_inputs(params)  # DVC's up-front refusal; Snakemake runs it in onstart too
-        if args.command in GPU_COMMANDS:
-            claim_gpu()  # before anything touches CUDA: this job's own card, never one another job holds
-        (COMMANDS | BUILD_COMMANDS)[args.command][0](args, params)
+        if args.command in GPU_COMMANDS:  # before anything touches CUDA: this job's own cards, one per process
+            claim_gpu(train_processes(params, args.experiment) if args.command == "train" else 1)
+        status = (COMMANDS | BUILD_COMMANDS)[args.command][0](args, params)
     except Exception as error:
         if args.debug or not isinstance(error, user_errors()):
             raise
         print(f"coda {args.command}: error: {error}", file=sys.stderr)
         return 3 if type(error).__name__ == "NonFiniteLossError" else 2
-    return 0
+    return status or 0
 
 
 def user_errors() -> tuple[type[Exception], ...]:
@@ -428,4 +432,4 @@ def user_errors() -> tuple[type[Exception], ...]:
     from .train.loop import NonFiniteLossError
 
     return (ParamsError, FileNotFoundError, NotADirectoryError, UnreadableFileError, LayoutError, BadImageError,
-            NonFiniteLossError, StaleReferenceError)
+            NonFiniteLossError, StaleReferenceError, TooFewCardsError)

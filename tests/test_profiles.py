@@ -75,7 +75,8 @@ def test_slurm_profile_passes_the_plugin_validation_for_every_job(work):
         call += set_gres_string(job)
         words = shlex.split(call)
         gpus = [word for word in words if word.startswith(("--gpus", "--gres"))]
-        assert gpus == (["--gpus=1"] if job.rule.name in GPU_RULES else []), (job.rule.name, call)
+        cards = 8 if job.rule.name == "train" else 1  # a train job: its train.processes, the release's 8 GPUs
+        assert gpus == ([f"--gpus={cards}"] if job.rule.name in GPU_RULES else []), (job.rule.name, call)
         assert words[words.index("-t") + 1] == ("4320" if job.rule.name == "train" else "120")
 
 

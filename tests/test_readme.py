@@ -66,14 +66,17 @@ def test_readme_command_runs_as_written(tmp_path, command):
     assert not failures, "\n".join(failures)
 
 
-def test_readme_torchrun_line_trains_data_parallel(tmp_path):
-    """The README's torchrun line, on 2 CPU processes at the tiny scale, trains one experiment."""
+def test_readme_train_line_trains_data_parallel(tmp_path):
+    """The README's `coda train` line at the tiny scale with train.processes 2: the command starts 2
+    CPU ranks itself and trains one experiment."""
     import json
 
-    line = next(l.strip() for l in (ROOT / "README.md").read_text().splitlines() if l.strip().startswith("torchrun"))
+    from test_pipeline import set_param
+
+    line = next(l.strip() for l in (ROOT / "README.md").read_text().splitlines() if l.strip().startswith("coda train"))
     words = [w.replace("imagenet", "tiny") for w in shlex.split(line)]
-    words[words.index("--nproc_per_node") + 1] = "2"
     work = pipeline_copy(tmp_path, "tiny")
+    set_param(work, "scales.tiny.experiment.train.processes", 2)
     run([str(BIN / "snakemake"), "--cores", "2", "work/tiny/cache/manifest.json"], work)
     result = run([str(BIN / words[0]), *words[1:]], work, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
