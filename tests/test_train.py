@@ -386,6 +386,16 @@ def test_coda_train_starts_its_own_ranks(tmp_path, tiny_vae):
     assert "Traceback" not in result.stderr
 
 
+def test_lr_schedule_span_stretches_the_cosine(tmp_path, tiny_vae):
+    """lr_schedule_span 2 on a 3-step run: lr0 (1 + cos(pi t / 6)) / 2 at step t, by hand 1, 0.933, 0.75."""
+    g = torch.Generator().manual_seed(0)
+    cache = _latent_cache(tmp_path / "cache", torch.randn(16, 4, 8, 8, generator=g), torch.full((16, 4, 8, 8), -6.0))
+    train(_latents_experiment(max_steps=3, lr=1e-3, lr_schedule_span=2), tiny_vae, tmp_path / "out", latents=cache)
+    log = (tmp_path / "out/train_log.tsv").read_text().splitlines()
+    rates = [float(dict(zip(log[0].split("\t"), line.split("\t")))["lr"]) for line in log[1:]]
+    assert rates == pytest.approx([1e-3, 0.9330127e-3, 0.75e-3])
+
+
 def test_coda_train_converts_released_checkpoints(tmp_path, capsys):
     """kind: released: the authors' .pth files become a tokenizer directory, nothing trains."""
     from coda.compat import OFFICIAL_SETTINGS

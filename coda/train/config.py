@@ -36,6 +36,8 @@ class TrainConfig:
     seed: int = 42
     # optimisation (docs/method.md section 5)
     lr: float = 5e-4
+    lr_schedule_span: int = 1           # the cosine spans this many runs: 1 reaches zero at the last step;
+                                        # the release's 8-process launch spans 8 (docs/method.md section 5)
     betas: tuple[float, float] = (0.5, 0.9)
     weight_decay: float = 0.005         # generator: LoRA + quantizer
     disc_weight_decay: float = 0.0005
@@ -83,7 +85,8 @@ class TrainConfig:
                    "dino_view": VIEWS, "dino_heads": HEADS}
         checks = {key: getattr(self, key) in allowed for key, allowed in choices.items()}
         checks |= {
-            "batch_size": self.batch_size >= 1, "processes": self.processes >= 1, "grad_accum": self.grad_accum >= 1,
+            "batch_size": self.batch_size >= 1, "processes": self.processes >= 1,
+            "lr_schedule_span": self.lr_schedule_span >= 1, "grad_accum": self.grad_accum >= 1,
             "global_batch": self.global_batch is None or self.global_batch >= 1,
             "checkpoint_every": self.checkpoint_every >= 1,
             "keep_checkpoints": self.keep_checkpoints >= 1,
