@@ -2,9 +2,9 @@
 
 Snakemake gives a job no GPU slot id, so `workflow/rules/common.smk` caps the GPUs of a local run's
 concurrent jobs at the number of cards (a train job of N processes counts N) and each job takes the
-first cards no other job holds: an
-exclusive, non-blocking `flock` on one lock file per card. The kernel drops the lock when the
-process ends, so a killed job never leaves a card locked. Imported by the Snakefile, so no torch.
+first cards no other job holds: an exclusive, non-blocking `flock` on one lock file per card. The
+kernel drops the lock when the process ends, so a killed job never leaves a card locked. Imported by
+the Snakefile, so no torch.
 """
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def claim_gpu(count: int = 1, lock_dir: Path | None = None, wait_s: float = 30.0
         for _, handle in held:  # all or none: a partial claim would starve a job that needs fewer
             handle.close()
         if time.monotonic() >= deadline:
-            raise RuntimeError(f"fewer than {count} of the {len(cards)} GPU(s) ({','.join(cards)}) are free, the others "
-                               f"are held by other coda jobs (lock files in {lock_dir}); run at most one GPU job "
-                               f"per card")
+            raise RuntimeError(f"fewer than {count} of the {len(cards)} GPU(s) ({','.join(cards)}) are free, "
+                               f"the others are held by other coda jobs (lock files in {lock_dir}); run at most "
+                               f"one GPU job per card")
         time.sleep(0.5)

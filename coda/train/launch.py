@@ -13,6 +13,11 @@ import sys
 import uuid
 
 
+# What Snakemake sets from a rule's threads (and torch reads: OMP_NUM_THREADS, MKL_NUM_THREADS).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
 def in_rank() -> bool:
     """Whether this process is a rank of a process group (started by `coda train` or by torchrun)."""
     return "LOCAL_RANK" in os.environ
@@ -25,9 +30,14 @@ def run_ranks(processes: int, argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    # The job's threads (Snakemake's OMP_NUM_THREADS, SLURM's cpus) split among the ranks, as torchrun
-    # would leave one each: a rank at the job's full count would oversubscribe its CPUs N times.
-    os.environ["OMP_NUM_THREADS"] = str(max(1, torch.get_num_threads() // processes))
+    # The job's threads (Snakemake's OMP_NUM_THREADS and its siblings) split among the ranks: a rank at
+    # the job's full count would oversubscribe its CPUs N times. All of them: torch also reads
+    # MKL_NUM_THREADS, and a rank's thread count changes its float sums (so a 1- and a 2-process run
+    # are equal bit for bit only at equal threads per process).
+    per_rank = str(max(1, torch.get_num_threads() // processes))
+    for variable in THREAD_VARIABLES:
+        if variable in os.environ or variable == "OMP_NUM_THREADS":
+            os.environ[variable] = per_rank
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes, run_id=f"coda-{uuid.uuid4().hex}",
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0",  # torchrun --standalone
                           max_restarts=0, monitor_interval=0.5)
