@@ -11,9 +11,12 @@ from test_pipeline import BIN, ROOT, pipeline_copy, run
 
 
 def readme_commands() -> list[str]:
-    blocks = re.findall(r"```(?:bash|sh|console)?\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    # Every fenced block, paired in order (a ```python block must not shift the pairing), shell ones read.
+    blocks = re.findall(r"```(\w*)\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
     commands = []
-    for block in blocks:
+    for language, block in blocks:
+        if language not in ("bash", "sh", "console", ""):
+            continue
         for line in block.splitlines():
             line = line.split(" #")[0].strip()
             if line.split(" ")[0] in ("snakemake", "dvc"):
