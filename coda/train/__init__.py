@@ -1,4 +1,3 @@
 """Training: ``coda.train.stage.train(experiment, vae_dir, out_dir, images=... | latents=...)`` is the
 API; the command line is ``coda train`` (data-parallel on ``train.processes`` ranks it starts
-itself, ``coda.train.launch``). Nothing is imported here, so ``coda.vae_train`` can use
-``coda.train.schedule`` alone."""
+itself, ``coda.train.launch``). Nothing is imported here."""
