@@ -11,9 +11,12 @@ from helpers import BIN, ROOT, pipeline_copy, run
 
 
 def readme_commands() -> list[str]:
-    blocks = re.findall(r"```(?:bash|sh|console)?\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    # Every fenced block, paired in order (a ```python block must not shift the pairing), shell ones read.
+    blocks = re.findall(r"```(\w*)\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
     commands = []
-    for block in blocks:
+    for language, block in blocks:
+        if language not in ("bash", "sh", "console", ""):
+            continue
         for line in block.splitlines():
             line = line.split(" #")[0].strip()
             if line.split(" ")[0] in ("snakemake", "dvc"):
@@ -66,14 +69,17 @@ def test_readme_command_runs_as_written(tmp_path, command):
     assert not failures, "\n".join(failures)
 
 
-def test_readme_torchrun_line_trains_data_parallel(tmp_path):
-    """The README's torchrun line, on 2 CPU processes at the tiny scale, trains one experiment."""
+def test_readme_train_line_trains_data_parallel(tmp_path):
+    """The README's `coda train` line at the tiny scale with train.processes 2: the command starts 2
+    CPU ranks itself and trains one experiment."""
     import json
 
-    line = next(l.strip() for l in (ROOT / "README.md").read_text().splitlines() if l.strip().startswith("torchrun"))
+    from test_pipeline import set_param
+
+    line = next(l.strip() for l in (ROOT / "README.md").read_text().splitlines() if l.strip().startswith("coda train"))
     words = [w.replace("imagenet", "tiny") for w in shlex.split(line)]
-    words[words.index("--nproc_per_node") + 1] = "2"
     work = pipeline_copy(tmp_path, "tiny")
+    set_param(work, "scales.tiny.experiment.train.processes", 2)
     run([str(BIN / "snakemake"), "--cores", "2", "work/tiny/cache/manifest.json"], work)
     result = run([str(BIN / words[0]), *words[1:]], work, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
