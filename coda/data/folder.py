@@ -6,7 +6,7 @@
   ``meta.json["classes"]``) and ``class`` (the first subfolder; "" for files at the top level),
   for every training file that passes a cheap header check. Full decoding happens at train time
   (``coda.data.datasets.ManifestImages``).
-- ``val.npy``: uint8 N x res x res x 3, the validation set after the ``center`` or ``adm`` crop,
+- ``val.npy``: uint8 N x res x res x 3, the validation set after the ``center``, ``adm`` or ``release`` crop,
   written row by row through a memory map.
 - ``val_files.tsv``: ``index``, ``path``, ``class``: which file each row of ``val.npy`` came from.
 - ``prepare_report.json``: the bad-image reports of both splits (``coda.data.bad_images``).
@@ -117,7 +117,7 @@ def prepare_folder(train_dir, val_dir, out_dir, resolution: int = 256, crop: str
     """Prepare an image-folder dataset (e.g. ImageNet); returns the ``meta.json`` contents.
 
     ``train_dir``/``val_dir``: folders of images, with or without class subfolders (the first
-    subfolder is the class). ``crop``: "center" or "adm". ``on_bad_image``: "skip" (record in
+    subfolder is the class). ``crop``: "center", "adm" or "release". ``on_bad_image``: "skip" (record in
     ``prepare_report.json`` and continue) or "error" (record, write the report, raise
     ``BadImageError``). ``min_size``: smallest accepted short side in pixels (None: 16).
     ``limit_train``/``limit_val``: a seeded random subset of that many files.

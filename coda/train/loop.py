@@ -133,7 +133,7 @@ def fit(cfg: TrainConfig, experiment: dict, vae_dir, out_dir, dataset, info, *, 
     while step < total_steps:
         t0 = time.perf_counter()
         epoch = step // steps_per_epoch
-        lr = learning_rate(step, total_steps, cfg.lr)
+        lr = learning_rate(step, total_steps * cfg.lr_schedule_span, cfg.lr)  # span > 1: the release's longer cosine
         ramp = gan_ramp(step, total_steps)
         for opt in (opt_g, opt_d):
             if opt is not None:
