@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -47,6 +48,27 @@ def _log_to(path: str | None) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     handle = open(path, "w", buffering=1)
     sys.stdout, sys.stderr = _Tee(sys.__stdout__, handle), _Tee(sys.__stderr__, handle)
+
+
+def pin_cpu(block: dict) -> None:
+    """The scale's CPU threads and instruction set (``threads``, ``cpu_isa``), before torch computes
+    anything: a CPU run's bits depend on both, and Snakemake and DVC both run these commands, so both
+    engines compute the same bits, and another x86-64 machine too as far as the pin reaches (params.yaml)."""
+    isa, threads = block.get("cpu_isa"), block.get("threads")
+    if isa and platform.machine().lower() in ("x86_64", "amd64"):
+        os.environ.setdefault("ATEN_CPU_CAPABILITY", isa)  # read at torch's first kernel; a user's own value wins
+        os.environ.setdefault("MKL_CBWR", isa.upper() if isa != "default" else "COMPATIBLE")
+    if threads:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # processes this one starts (loader workers, torchrun)
+            os.environ[name] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
+        if torch.get_num_interop_threads() != threads:
+            try:
+                torch.set_num_interop_threads(threads)
+            except RuntimeError:  # only before the first inter-op work; nothing has run yet in a stage
+                pass
 
 
 def cmd_fetch(args, params) -> None:
@@ -407,8 +429,9 @@ def main(argv=None) -> int:
             run_on_files(args)
             return 0
         params = load_params(args.params, scale=args.scale)
-        if args.command in COMMANDS:  # a build command makes its input
+        if args.command in COMMANDS:  # a build command makes its input, on its recipe's threads
             check_external_inputs(params)  # DVC's up-front refusal; Snakemake runs it in onstart too
+            pin_cpu(scale_block(params))
         if args.command in GPU_COMMANDS:
             claim_gpu()  # before anything touches CUDA: this job's own card, never one another job holds
         (COMMANDS | BUILD_COMMANDS)[args.command][0](args, params)

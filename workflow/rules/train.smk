@@ -8,7 +8,7 @@ rule train:
     params: values=tracked("train")
     log: f"{LOGS}/train/{{experiment}}.log"
     benchmark: f"{LOGS}/benchmarks/train/{{experiment}}.tsv"
-    threads: 1
+    threads: THREADS
     resources: gpu=1
     conda: "../envs/coda.yaml"
     shell: f"coda train --scale {SCALE} --experiment {{wildcards.experiment}} --prepared {WORK}/prepared --vae {WORK}/vae --cache {WORK}/cache --out {WORK}/train/{{wildcards.experiment}} --log {LOGS}/train/{{wildcards.experiment}}.log"
