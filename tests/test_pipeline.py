@@ -202,6 +202,8 @@ def test_every_rule_tracks_the_params_dvc_declares():
         assert f'params: values=tracked("{name}")' in body, name
         assert "log:" in body and "conda:" in body, f"rule {name} needs log: and conda: (snakemake --lint)"
         assert dvc[name].get("do", dvc[name]).get("params"), f"DVC stage {name} declares no params"
+        if "scales.${scale}.threads" in dvc[name].get("do", dvc[name])["params"]:
+            assert "threads: THREADS" in body, f"rule {name}: its threads are the scale's (scales.<scale>.threads)"
 
 
 def test_dvc_metrics_plots_and_persistence():
@@ -437,3 +439,34 @@ def readme_comparison_commands() -> list[str]:
                                                                             (ROOT / "README.md").read_text(), flags=re.S)
              if language == "bash" for line in block.splitlines()]
     return [line for line in lines if line.startswith(("dvc exp show", "dvc exp diff", "dvc metrics show"))]
+
+
+PROBE = """
+import json, os, sys
+import torch
+from coda import cli
+cli.COMMANDS["fetch"] = (lambda args, params: print(json.dumps({
+    "isa": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+    "interop": torch.get_num_interop_threads(), "omp": os.environ["OMP_NUM_THREADS"],
+    "mkl_cbwr": os.environ.get("MKL_CBWR")})), *cli.COMMANDS["fetch"][1:])
+sys.exit(cli.main(["fetch", "--scale", sys.argv[1], "--out", "unused.json"]))
+"""
+
+
+@pytest.mark.parametrize("scale", ["demo", "tiny"])
+def test_stage_commands_set_the_scales_threads_and_instruction_set(tmp_path, scale):
+    """Whichever engine starts a stage, the command itself sets scales.<scale>.threads and cpu_isa."""
+    import platform
+
+    work = pipeline_copy(tmp_path)
+    block = yaml.safe_load((work / "params.yaml").read_text())["scales"][scale]
+    environment = {k: v for k, v in env().items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR")}
+    out = subprocess.run([sys.executable, "-c", PROBE, scale], cwd=work, env={**environment, "OMP_NUM_THREADS": "2"},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["threads"] == seen["interop"] == block["threads"] and seen["omp"] == str(block["threads"])
+    if block["cpu_isa"] and platform.machine() in ("x86_64", "AMD64"):
+        assert seen["isa"] == block["cpu_isa"].upper() and seen["mkl_cbwr"] == block["cpu_isa"].upper()
+    elif not block["cpu_isa"]:
+        assert seen["mkl_cbwr"] is None
