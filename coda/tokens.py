@@ -2,8 +2,9 @@
 
 Layout (docs/interfaces.md): ``<dir>/<split>-00000.safetensors`` shards holding one index tensor
 ``scale_<i>`` (N x s x s) per scale, uint16 (uint32 above 65536 codes), and with ``flip`` the
-horizontally flipped images' indices as ``flipped_scale_<i>``; ``<dir>/manifest.json``, written
-last, says what made them. Resumable like the latent cache (``coda.cache``): finished shards are
+horizontally flipped images' indices as ``flipped_scale_<i>``, and with class labels each item's
+class as ``labels`` (int64 N, -1: none of the classes); ``<dir>/manifest.json``, written last, says
+what made them and names the classes in label order (``classes``). Resumable like the latent cache (``coda.cache``): finished shards are
 kept when ``tokens_state.json`` names the same tokenizer, data and settings.
 
 Posterior noise: each split draws it from one generator seeded with ``seed``, batch after batch of
@@ -55,9 +56,11 @@ def _shard_batches(start: int, end: int, batch_size: int) -> list[list[int]]:
 @torch.no_grad()
 def tokenize_splits(tokenizer, splits: dict[str, Dataset], out_dir: str | Path, *, tokenizer_sha256: str,
                     preprocessing: dict, seed: int = 0, batch_size: int = 64, shard_size: int = 4096,
-                    flip: bool = False, num_workers: int = 1, device: str = "cpu") -> Path:
+                    flip: bool = False, num_workers: int = 1, device: str = "cpu",
+                    classes: list[str] | None = None, labels: dict[str, np.ndarray] | None = None) -> Path:
     """Encode every image of every split (images in [-1, 1], as the datasets give them) and write
-    the indices in shards; returns the manifest's path. ``shard_size`` must be a multiple of
+    the indices in shards; returns the manifest's path. ``labels``: each split's class labels in
+    item order (indices into ``classes``), written beside the indices. ``shard_size`` must be a multiple of
     ``batch_size``, so that batches (and the noise drawn for them) never depend on the sharding."""
     if shard_size < 1 or batch_size < 1 or shard_size % batch_size:
         raise ValueError(f"tokenize: shard_size ({shard_size}) must be a positive multiple of the batch size "
@@ -68,7 +71,11 @@ def tokenize_splits(tokenizer, splits: dict[str, Dataset], out_dir: str | Path, 
     counts = {name: len(ds) for name, ds in splits.items()}
     identity = {"format": FORMAT, "tokenizer_sha256": tokenizer_sha256, "preprocessing": preprocessing,
                 "posterior": tokenizer.posterior, "seed": int(seed), "batch_size": int(batch_size),
-                "shard_size": int(shard_size), "flip": bool(flip), "counts": counts}
+                "shard_size": int(shard_size), "flip": bool(flip), "counts": counts,
+                "classes": list(classes) if labels is not None else None}
+    for name in splits if labels is not None else ():
+        if len(labels[name]) != counts[name]:
+            raise ValueError(f"tokenize: {len(labels[name])} labels for the {counts[name]} {name} images")
     prepare_shard_directory(out_dir, identity, STATE, "tokens")
     tokenizer = tokenizer.to(device).eval()
     latent_shape = (tokenizer.vae.latent_channels, quantizer.latent_size, quantizer.latent_size)
@@ -106,6 +113,9 @@ def tokenize_splits(tokenizer, splits: dict[str, Dataset], out_dir: str | Path, 
                             levels[key].append(level)
                     bar.update(len(images))
                 tensors = {key: np.ascontiguousarray(np.concatenate(parts)) for key, parts in levels.items()}
+                if labels is not None:
+                    tensors["labels"] = np.ascontiguousarray(labels[split][batches[0][0]:batches[-1][-1] + 1],
+                                                             dtype=np.int64)
                 pending.append(writer.submit(save_shard, tensors, out_dir / shard_name(split, shard)))
             bar.close()
         for job in pending:
@@ -132,7 +142,8 @@ def read_manifest(token_dir: str | Path) -> dict:
 
 
 class TokenDataset(Dataset):
-    """The token files of one split: item ``i`` is one LongTensor (s x s) per scale.
+    """The token files of one split: item ``i`` is (one LongTensor s x s per scale, its class label);
+    the label is -1 for an item of none of the classes, and for token files written without labels.
 
     ``flipped=True`` (for a directory tokenized with ``flip``) appends the flipped copies: items
     ``count .. 2 count - 1`` are the flipped images, in the same order. Shards are read fully into
@@ -159,9 +170,18 @@ class TokenDataset(Dataset):
             levels = [np.concatenate([level, np.concatenate(parts[key])])
                       for level, key in zip(levels, _keys(len(self.scales), True))]
         self.levels = levels  # kept narrow; each item is widened to int64 as it is read
+        self.classes = self.manifest.get("classes")
+        labels = np.full(len(levels[0]) // (1 + flipped), -1, dtype=np.int64)
+        if self.classes is not None:
+            parts = []
+            for name in self.manifest["splits"][split]["shards"]:
+                with safe_open(Path(token_dir) / name, framework="numpy") as f:
+                    parts.append(f.get_tensor("labels"))
+            labels = np.concatenate(parts)
+        self.labels = np.concatenate([labels, labels]) if flipped else labels  # a flipped copy keeps its class
 
     def __len__(self) -> int:
         return len(self.levels[0])
 
-    def __getitem__(self, index: int) -> list[torch.Tensor]:
-        return [torch.from_numpy(level[index].astype(np.int64)) for level in self.levels]
+    def __getitem__(self, index: int) -> tuple[list[torch.Tensor], int]:
+        return [torch.from_numpy(level[index].astype(np.int64)) for level in self.levels], int(self.labels[index])

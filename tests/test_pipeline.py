@@ -291,7 +291,7 @@ def check_tokens(work: Path, scale: str = "tiny") -> None:
     default = torch.get_num_threads()
     torch.set_num_threads(params["threads"])
     try:
-        batch = next(iter(DataLoader(val, batch_size=params["evaluate"]["batch_size"])))
+        batch = next(iter(DataLoader(val, batch_size=params["evaluate"]["batch_size"])))[0]
         decoded = to_uint8(tokenizer.decode(batch)).permute(0, 2, 3, 1).numpy()
     finally:
         torch.set_num_threads(default)
