@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.coda-installed
 export HF_HUB_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: setup test demo publish demo-vae bench bench-gpu clean
+.PHONY: setup test test-fast demo publish demo-vae bench bench-gpu clean
 
 setup: $(STAMP)
 
@@ -20,7 +20,11 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
+
+# Without the end-to-end runs (marked slow): the quick check while editing.
+test-fast: setup
+	$(PY) -m pytest -q --durations=25 -m "not slow" tests
 
 # The whole pipeline at demo scale (2 CPU cores, offline): the default target `all`, i.e.
 # results/table1.csv, ablation.csv, figures and the token files. results/ and work/ are not in git, so

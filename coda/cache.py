@@ -19,9 +19,9 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .artifacts import MANIFEST
 from .files import atomic_path, reading, write_json
 
-MANIFEST = "manifest.json"
 STATE = "cache_state.json"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 

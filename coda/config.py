@@ -12,10 +12,12 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from .errors import UserError
+
 SCHEMA_RELATIVE = Path("workflow/schemas/params.schema.yaml")
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError, ValueError):
     """params.yaml is malformed: the message names the key path and what is allowed."""
 
 

@@ -1,4 +1,5 @@
-"""One card per GPU job: a `coda` GPU command claims a free card before it does any work.
+"""One card per GPU job: a `coda` GPU command claims a free card before it does any work; and
+``pick_device``, the one choice of a command's torch device.
 
 Snakemake gives a job no GPU slot id, so `workflow/rules/common.smk` caps the concurrent GPU jobs
 of a local run at the number of cards and each job takes the first card no other job holds: an
@@ -15,7 +16,19 @@ import tempfile
 import time
 from pathlib import Path
 
+from .errors import UserError
+
 _claimed = []  # the open lock file: the claim lasts as long as the process
+
+
+def pick_device(requested=None):
+    """The torch device a command runs on: ``requested`` ("cpu", "cuda", "cuda:1"), or with None or
+    "auto" CUDA when torch sees a card (after ``claim_gpu``, the claimed one), else the CPU."""
+    import torch
+
+    if requested in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
 
 
 def gpu_cards() -> list[str]:
@@ -74,7 +87,7 @@ def claim_gpu(lock_dir: Path | None = None, wait_s: float = 30.0) -> str | None:
         time.sleep(0.5)
 
 
-class NoGpuError(RuntimeError):
+class NoGpuError(UserError, RuntimeError):
     """A scale that needs a GPU (scales.<scale>.require_gpu) found none usable and was not told to use the CPU."""
 
 

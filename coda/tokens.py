@@ -26,7 +26,8 @@ from safetensors import safe_open
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .cache import MANIFEST, prepare_shard_directory, save_shard, shard_name
+from .artifacts import MANIFEST
+from .cache import prepare_shard_directory, save_shard, shard_name
 from .files import reading, write_json
 
 STATE = "tokens_state.json"

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from coda.data import prepare_demo, prepare_folder
 from coda.data.datasets import class_labels
+from coda.data.demo import prepare_demo
+from coda.data.folder import prepare_folder
 from coda.data.bad_images import REASONS, BadImage, BadImageError, BadImageReport, reporting
 from coda.data.crops import CROPS, adm_crop, center_crop, train_crop
 from coda.data.images import list_files, open_rgb, probe_image, read_rgb

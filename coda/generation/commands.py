@@ -11,13 +11,15 @@ import json
 import time
 from pathlib import Path
 
+from ..errors import UserError
+
 SAMPLES_NPZ = "samples.npz"
 SAMPLE_TOKENS = "tokens.safetensors"
 SAMPLE_RECORD = "samples.json"
 SAMPLE_TOKENS_FORMAT = "coda-sample-tokens/1"
 
 
-class GenerationInputError(ValueError):
+class GenerationInputError(UserError, ValueError):
     """Inputs that do not fit together (another tokenizer's tokens, an unknown class): the user's to fix."""
 
 

@@ -29,11 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..artifacts import TRAIN_LOG
 from ..schedule import lin0_learning_rate
 from ..train import distributed
 from ..train.checkpoint import checkpoint_files, load_checkpoint, save_checkpoint
 from ..train.inputs import micro_batch_stream, mix_seeds
-from ..train.log import LOG, TsvLog, finish_run_record, progress_bar, start_run_record
+from ..train.log import TsvLog, finish_run_record, progress_bar, start_run_record
 from .model import NextScaleGenerator, drop_labels, recipe_for_depth
 
 CHECKPOINTS = "checkpoints"
@@ -202,7 +203,7 @@ def fit(settings: GeneratorSettings, model: NextScaleGenerator, dataset: Dataset
     columns = (["step", "epoch", "lr", "loss", "accuracy", "grad_norm", "images_per_s"]
                + [f"loss_{n}" for n in names] + [f"acc_{n}" for n in names])
     if info.is_main:
-        log = TsvLog(out_dir / LOG, columns, keep_until=start_step or None)
+        log = TsvLog(out_dir / TRAIN_LOG, columns, keep_until=start_step or None)
         start_run_record(out_dir, {**(record or {}), "config": experiment, "world_size": info.world_size,
                                    "global_batch": global_batch, "grad_accum": accum, "peak_lr": peak_lr,
                                    "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,

@@ -3,7 +3,7 @@
 This dataclass is the one list of train settings: the schema's ``$defs/train`` properties name the
 same keys (tests/test_train_units.py checks it), and a setting marked ``resumable`` may change
 between a run and its resumption (bookkeeping and speed, never what is computed). No torch here:
-the input check (coda/inputs.py) reads these defaults before any stage runs. The DINO options
+the input check (coda/external_inputs.py) reads these defaults before any stage runs. The DINO options
 (``dino_view``, ``dino_heads``) are checked by ``coda.discriminators.check_discriminator``, beside
 the discriminator that defines them.
 """
