@@ -319,10 +319,11 @@ PROBE = """
 import json, os, sys
 import torch
 from coda import cli
-cli.COMMANDS["fetch"] = (lambda args, params: print(json.dumps({
-    "isa": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
-    "interop": torch.get_num_interop_threads(), "omp": os.environ["OMP_NUM_THREADS"],
-    "mkl_cbwr": os.environ.get("MKL_CBWR")})), *cli.COMMANDS["fetch"][1:])
+def probe(params, **flags):
+    print(json.dumps({"isa": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+                      "interop": torch.get_num_interop_threads(), "omp": os.environ["OMP_NUM_THREADS"],
+                      "mkl_cbwr": os.environ.get("MKL_CBWR")}))
+cli.STAGES["fetch"] = cli.STAGES["fetch"]._replace(module="__main__", function="probe")
 sys.exit(cli.main(["fetch", "--scale", sys.argv[1], "--out", "unused.json"]))
 """
 
