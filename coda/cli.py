@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import platform
 import sys
 from typing import NamedTuple
 
@@ -20,6 +21,27 @@ from .external_inputs import check_external_inputs
 from .files import out_of_space
 from .stage_log import log_to
 from .train.launch import in_rank, run_ranks
+
+
+def pin_cpu(block: dict) -> None:
+    """The scale's CPU threads and instruction set (``threads``, ``cpu_isa``), before torch computes
+    anything (in each rank of a train job too, so a rank runs as many threads as a 1-process job): a CPU run's bits depend on both, and Snakemake and DVC both run these commands, so both
+    engines compute the same bits, and another x86-64 machine too as far as the pin reaches (params.yaml)."""
+    isa, threads = block.get("cpu_isa"), block.get("threads")
+    if isa and platform.machine().lower() in ("x86_64", "amd64"):
+        os.environ.setdefault("ATEN_CPU_CAPABILITY", isa)  # read at torch's first kernel; a user's own value wins
+        os.environ.setdefault("MKL_CBWR", isa.upper() if isa != "default" else "COMPATIBLE")
+    if threads:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # processes this one starts (loader workers, torchrun)
+            os.environ[name] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
+        if torch.get_num_interop_threads() != threads:
+            try:
+                torch.set_num_interop_threads(threads)
+            except RuntimeError:  # only before the first inter-op work; nothing has run yet in a stage
+                pass
 
 
 class Stage(NamedTuple):
@@ -185,8 +207,9 @@ def main(argv=None) -> int:
             train_generator(args, params)
             return 0
         stage = STAGES.get(args.command) or BUILD_COMMANDS[args.command]
-        if args.command in STAGES:  # a build command makes its input
+        if args.command in STAGES:  # a build command makes its input, on its recipe's threads
             check_external_inputs(params)  # DVC's up-front refusal; Snakemake runs it in onstart too
+            pin_cpu(scale_block(params))
         processes = train_processes(params, args.experiment) if args.command == "train" else 1
         if stage.gpu:  # before anything touches CUDA: this job's own cards, one per process
             claim_gpu(processes)

@@ -35,14 +35,34 @@ def pipeline_copy(tmp_path: Path, scale: str | None = None) -> Path:
     return work
 
 
+def fresh_clone(tmp_path: Path) -> Path:
+    """What `git clone` of this repository gives, as the working tree would be committed (its tracked and
+    untracked-but-not-ignored files): no results/, work/, logs/ or .snakemake/."""
+    import pytest
+
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    work = tmp_path / "clone"
+    for name in filter(None, listed.stdout.split("\0")):
+        if (ROOT / name).is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, work / name)
+    run(["git", "init", "-q"], work)
+    run(["git", "add", "-A"], work)
+    run(["git", "commit", "-qm", "clone"], work)
+    return work
+
+
 def env() -> dict:
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
             "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
             "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
 
 
-def run(cmd, cwd, check=True, timeout=900):
-    result = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+def run(cmd, cwd, check=True, timeout=900, **extra_env):
+    result = subprocess.run(cmd, cwd=cwd, env={**env(), **extra_env}, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, cmd))} failed ({result.returncode}):\n"
                              f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")

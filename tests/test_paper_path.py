@@ -104,6 +104,7 @@ def paper_run(tmp_path_factory):
     command = [str(BIN / "snakemake"), "--cores", "2", "results/table1.csv", "--config", "scale=imagenet"]
     shipped = run(command + ["-n"], work).stdout  # train.processes as shipped: the release's 8
     set_param(work, "scales.imagenet.experiment.train.processes", 2)  # run at 2 processes
+    set_param(work, "scales.imagenet.threads", 1)  # of each process: the shipped 8 would oversubscribe 2 cores
     planned = planned_jobs(run(command + ["-n"], work).stdout)
     run(command, work, timeout=3000)
     yield work, planned, shipped

@@ -5,12 +5,14 @@ import json
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from helpers import BIN, ROOT, pipeline_copy, planned_jobs, run, set_param
+from helpers import BIN, ROOT, env, pipeline_copy, planned_jobs, run, set_param
 
 TARGET_RULES = ("all", "tokens")  # the Snakefile's targets: inputs only, no stage of their own
 
@@ -86,6 +88,8 @@ def test_every_rule_tracks_the_params_dvc_declares():
         assert f'params: values=tracked("{name}")' in body, name
         assert "log:" in body and "conda:" in body, f"rule {name} needs log: and conda: (snakemake --lint)"
         assert dvc[name].get("do", dvc[name]).get("params"), f"DVC stage {name} declares no params"
+        if "scales.${scale}.threads" in dvc[name].get("do", dvc[name])["params"]:
+            assert "threads: THREADS" in body, f"rule {name}: its threads are the scale's (scales.<scale>.threads)"
 
 
 def test_dvc_metrics_plots_and_persistence():
@@ -108,19 +112,6 @@ def test_dry_runs_work_without_gpu_or_imagenet(tmp_path):
     assert "train" in out.stdout
     assert "imagenet" in run([str(BIN / "snakemake"), "results/table1.csv", "-n", "-p", "--config", "scale=imagenet",
                               "--cores", "1", "--profile", "profiles/slurm"], work).stdout
-
-
-@pytest.mark.slow
-def test_make_demo_in_a_fresh_clone_with_committed_results_runs_the_whole_pipeline(tmp_path):
-    """results/ is committed, work/ is not. Snakemake takes the present results/table1.csv as up to date
-    whatever its inputs, so `make demo` forces the report, and the report's missing inputs pull in the DAG."""
-    work = pipeline_copy(tmp_path)
-    shutil.copytree(ROOT / "results", work / "results")
-    line = next(l for l in (ROOT / "Makefile").read_text().splitlines() if "snakemake --cores all" in l)
-    words = shlex.split(line.split("/bin/snakemake", 1)[1])
-    planned = planned_jobs(run([str(BIN / "snakemake"), "-n", *words], work).stdout)
-    # 5 train jobs: the 4 of the demo's rows, and coda_f8's, which only notes that the demo has no FLUX VAE
-    assert planned.get("prepare") == "1" and planned.get("train") == "5" and planned.get("report") == "1", planned
 
 
 def test_paper_scale_without_downloads_is_refused_before_any_job(tmp_path):
@@ -153,10 +144,10 @@ def check_outputs(work: Path, rows=("coda", "ablate_vq", "ablate_rvq", "ablate_a
         Image.open(png).verify()
 
 
-def check_tokens(work: Path, scale: str = "tiny", threads: int | None = None) -> None:
+def check_tokens(work: Path, scale: str = "tiny") -> None:
     """The coda experiment's token files: every image, and the val tokens decode to the evaluate
-    stage's reconstructions bit for bit, when decoded with the stages' thread count (``threads``;
-    None: torch's default, as DVC runs them; CPU convolutions round differently with another)."""
+    stage's reconstructions bit for bit, decoded on the scale's CPU threads as every stage runs
+    (``scales.<scale>.threads``, whichever engine ran it: CPU convolutions round differently with another)."""
     import numpy as np
     import torch
     from torch.utils.data import DataLoader
@@ -170,13 +161,14 @@ def check_tokens(work: Path, scale: str = "tiny", threads: int | None = None) ->
     assert len(val) == len(np.load(root / "prepared/val.npy", mmap_mode="r"))
     recon = np.load(root / "eval/coda/recon_samples.npy")
     shown = json.loads((root / "eval/coda/metrics.json").read_text())["recon_sample_indices"]
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    batch = params["scales"][scale]["evaluate"]["batch_size"]
+    params = yaml.safe_load((work / "params.yaml").read_text())["scales"][scale]
+    assert not params["cpu_isa"], "this process's kernels are not pinned: decode a pinned scale in a `coda` command"
     tokenizer = Tokenizer.from_pretrained(root / "train/coda/tokenizer")
     default = torch.get_num_threads()
-    torch.set_num_threads(threads or default)
+    torch.set_num_threads(params["threads"])
     try:
-        decoded = to_uint8(tokenizer.decode(next(iter(DataLoader(val, batch_size=batch)))[0])).permute(0, 2, 3, 1).numpy()
+        batch = next(iter(DataLoader(val, batch_size=params["evaluate"]["batch_size"])))[0]
+        decoded = to_uint8(tokenizer.decode(batch)).permute(0, 2, 3, 1).numpy()
     finally:
         torch.set_num_threads(default)
     assert np.array_equal(decoded[shown], recon)
@@ -208,7 +200,7 @@ def test_tiny_dag_through_snakemake(tmp_path):
     check_outputs(work)
     everything = [str(BIN / "snakemake"), "--cores", "2"]  # the default target: + the token files
     run(everything, work)
-    check_tokens(work, threads=1)  # each rule's `threads: 1`, which Snakemake passes as OMP_NUM_THREADS
+    check_tokens(work)
     for command in (snakemake, everything):
         again = run(command, work)
         assert "Nothing to be done" in again.stdout + again.stderr
@@ -238,6 +230,21 @@ def test_tiny_dag_through_snakemake(tmp_path):
     # (with fetch a plain rule it ran fetch alone and exited 0: snakemake/snakemake#4166).
     set_param(work, "scales.tiny.evaluate.reconstructions", 2)
     run(snakemake, work)
+    assert "Nothing to be done" in run(snakemake + ["-n"], work).stdout
+
+    # DVC recomputes coda's training (from scratch) and evaluation: the same bytes as Snakemake's, since
+    # the `coda` commands set the scale's threads themselves. Then `snakemake --touch`: nothing to do.
+    run([str(BIN / "dvc"), "commit", "--force", "--quiet"], work)
+    root = work / "work/tiny"
+    by_snakemake = {p: (root / p).read_bytes() for p in ("train/coda/tokenizer/model.safetensors",
+                                                          "eval/coda/recon_samples.npy")}
+    metrics = json.loads((root / "eval/coda/metrics.json").read_text())
+    shutil.rmtree(root / "train/coda/checkpoints")
+    run([str(BIN / "dvc"), "repro", "--force", "--single-item", "train@coda", "evaluate@coda"], work)
+    assert {p: (root / p).read_bytes() for p in by_snakemake} == by_snakemake, "the engines computed other bits"
+    again = json.loads((root / "eval/coda/metrics.json").read_text())
+    assert all(again[k] == metrics[k] for k in ("psnr", "ssim", "lpips_vgg", "codebook_utilization"))
+    run([str(BIN / "snakemake"), "--cores", "1", "--touch", "results/table1.csv"], work)
     assert "Nothing to be done" in run(snakemake + ["-n"], work).stdout
 
 
@@ -291,3 +298,50 @@ def test_tiny_dag_through_dvc(tmp_path):
     assert 0 <= metrics["results/metrics/ablate_vq.json"]["data"]["codebook_utilization"] <= 1
     columns = [(path, key) for path, m in metrics.items() for key in m["data"]]
     assert len(columns) <= 50 and all(isinstance(metrics[p]["data"][k], (int, float)) for p, k in columns)
+
+    # The README's comparison commands print tables that fit a 200-column terminal, nothing cut.
+    comparisons = readme_comparison_commands()
+    assert any(c.startswith("dvc exp show") for c in comparisons) and "dvc exp diff" in comparisons
+    for command in comparisons:
+        shown = run(shlex.split(command), work, COLUMNS="200").stdout
+        assert shown.strip() and "…" not in shown and max(map(len, shown.splitlines())) <= 200, f"{command}:\n{shown}"
+
+
+def readme_comparison_commands() -> list[str]:
+    """The README's `dvc exp show`, `dvc exp diff` and `dvc metrics show` lines, as written."""
+    lines = [line.split(" #")[0].strip() for language, block in re.findall(r"```(\w*)\n(.*?)```",
+                                                                            (ROOT / "README.md").read_text(), flags=re.S)
+             if language == "bash" for line in block.splitlines()]
+    return [line for line in lines if line.startswith(("dvc exp show", "dvc exp diff", "dvc metrics show"))]
+
+
+PROBE = """
+import json, os, sys
+import torch
+from coda import cli
+def probe(params, **flags):
+    print(json.dumps({"isa": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+                      "interop": torch.get_num_interop_threads(), "omp": os.environ["OMP_NUM_THREADS"],
+                      "mkl_cbwr": os.environ.get("MKL_CBWR")}))
+cli.STAGES["fetch"] = cli.STAGES["fetch"]._replace(module="__main__", function="probe")
+sys.exit(cli.main(["fetch", "--scale", sys.argv[1], "--out", "unused.json"]))
+"""
+
+
+@pytest.mark.parametrize("scale", ["demo", "tiny"])
+def test_stage_commands_set_the_scales_threads_and_instruction_set(tmp_path, scale):
+    """Whichever engine starts a stage, the command itself sets scales.<scale>.threads and cpu_isa."""
+    import platform
+
+    work = pipeline_copy(tmp_path)
+    block = yaml.safe_load((work / "params.yaml").read_text())["scales"][scale]
+    environment = {k: v for k, v in env().items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR")}
+    out = subprocess.run([sys.executable, "-c", PROBE, scale], cwd=work, env={**environment, "OMP_NUM_THREADS": "2"},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["threads"] == seen["interop"] == block["threads"] and seen["omp"] == str(block["threads"])
+    if block["cpu_isa"] and platform.machine() in ("x86_64", "AMD64"):
+        assert seen["isa"] == block["cpu_isa"].upper() and seen["mkl_cbwr"] == block["cpu_isa"].upper()
+    elif not block["cpu_isa"]:
+        assert seen["mkl_cbwr"] is None

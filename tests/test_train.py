@@ -374,7 +374,7 @@ def test_coda_train_starts_its_own_ranks(tmp_path, tiny_vae):
                                "--experiment", "latent", "--prepared", str(tmp_path / "no-images"), "--vae",
                                str(tmp_path / "vae"), "--cache", str(cache), "--out", str(out), "--log",
                                str(out) + ".log"], capture_output=True, text=True, timeout=600,
-                              env={**env, "OMP_NUM_THREADS": str(processes), "MKL_NUM_THREADS": str(processes)})
+                              env={**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})  # per rank
 
     for processes in (2, 1):
         result = coda_train(processes, tmp_path / f"p{processes}")

@@ -3,19 +3,15 @@
 
 The launcher process holds the job's cards (coda/devices.py) and waits; each rank reruns the same
 `coda train` command inside the process group (RANK, LOCAL_RANK, WORLD_SIZE in its environment)
-and trains (coda/train/distributed.py: gloo on CPU, NCCL on GPU). The job's CPU threads are shared
-among its ranks.
+and trains (coda/train/distributed.py: gloo on CPU, NCCL on GPU). Each rank sets its own CPU threads,
+scales.<scale>.threads (coda/cli.py's pin_cpu), so a rank computes as a 1-process job at equal threads
+does, and the job asks for threads x processes CPUs (workflow/rules/train.smk).
 """
 from __future__ import annotations
 
 import os
 import sys
 import uuid
-
-
-# What Snakemake sets from a rule's threads (and torch reads: OMP_NUM_THREADS, MKL_NUM_THREADS).
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
-                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 def in_rank() -> bool:
@@ -26,18 +22,9 @@ def in_rank() -> bool:
 def run_ranks(processes: int, argv: list[str]) -> int:
     """Run `python -m coda <argv>` as ``processes`` ranks on this machine; their exit status (the
     first failed rank's: 2 for a user error, 3 for a diverged run)."""
-    import torch
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    # The job's threads (Snakemake's OMP_NUM_THREADS and its siblings) split among the ranks: a rank at
-    # the job's full count would oversubscribe its CPUs N times. All of them: torch also reads
-    # MKL_NUM_THREADS, and a rank's thread count changes its float sums (so a 1- and a 2-process run
-    # are equal bit for bit only at equal threads per process).
-    per_rank = str(max(1, torch.get_num_threads() // processes))
-    for variable in THREAD_VARIABLES:
-        if variable in os.environ or variable == "OMP_NUM_THREADS":
-            os.environ[variable] = per_rank
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes, run_id=f"coda-{uuid.uuid4().hex}",
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0",  # torchrun --standalone
                           max_restarts=0, monitor_interval=0.5)

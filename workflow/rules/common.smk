@@ -9,6 +9,9 @@ import yaml
 EXPERIMENTS = config["pipeline"]["experiments"]
 SCALE = config["scale"]
 WORK, LOGS = f"work/{SCALE}", f"logs/{SCALE}"  # each scale its own tree: switching never deletes another's work
+# The scale's CPU threads: each `coda` command sets them itself (so DVC's runs match), and the
+# scheduler counts them here (on 2 cores and 1 thread each, two jobs run side by side).
+THREADS = config["scales"][SCALE].get("threads", 1)
 DVC_STAGES = yaml.safe_load(open("dvc.yaml"))["stages"]  # run from the repository root
 
 

@@ -10,7 +10,7 @@ rule train:
     params: values=tracked("train")
     log: f"{LOGS}/train/{{experiment}}.log"
     benchmark: f"{LOGS}/benchmarks/train/{{experiment}}.tsv"
-    threads: processes       # one CPU thread per rank (coda/train/launch.py shares the job's among them)
+    threads: lambda wildcards: THREADS * processes(wildcards)  # scales.<scale>.threads for each rank
     resources: gpu=processes  # one card per rank: --gpus=N under SLURM
     conda: "../envs/coda.yaml"
     shell: f"coda train --scale {SCALE} --experiment {{wildcards.experiment}} --prepared {WORK}/prepared --vae {WORK}/vae --cache {WORK}/cache --out {WORK}/train/{{wildcards.experiment}} --log {LOGS}/train/{{wildcards.experiment}}.log"
