@@ -89,7 +89,9 @@ def test_every_rule_tracks_the_params_dvc_declares():
         assert "log:" in body and "conda:" in body, f"rule {name} needs log: and conda: (snakemake --lint)"
         assert dvc[name].get("do", dvc[name]).get("params"), f"DVC stage {name} declares no params"
         if "scales.${scale}.threads" in dvc[name].get("do", dvc[name])["params"]:
-            assert "threads: THREADS" in body, f"rule {name}: its threads are the scale's (scales.<scale>.threads)"
+            threads = re.search(r"^    threads: (.*?)\s*(?:#.*)?$", body, flags=re.M).group(1)  # train: for each rank
+            assert threads in ("THREADS", "lambda wildcards: THREADS * processes(wildcards)"), \
+                f"rule {name}: its threads are the scale's (scales.<scale>.threads)"
 
 
 def test_dvc_metrics_plots_and_persistence():
