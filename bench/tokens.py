@@ -1,6 +1,6 @@
 """Tokenize-stage throughput vs the bare encode + quantize loop, measured in one run.
 
-The tokenize stage (coda/tokens.py: loading in a DataLoader worker, encode + quantize, uint16 shards
+The tokenize stage (coda/token_files.py: loading in a DataLoader worker, encode + quantize, uint16 shards
 written by a background thread) should reach at least 90 % of ``Tokenizer.encode`` alone on batches
 already in memory: loading and writing must hide behind the model.
 
@@ -21,7 +21,7 @@ from coda.data.datasets import ArrayImages
 from coda.lora import add_lora
 from coda.quantizers import build_quantizer
 from coda.tokenizer import Tokenizer
-from coda.tokens import tokenize_splits
+from coda.token_files import tokenize_splits
 from coda.vae import ContinuousVAE
 
 

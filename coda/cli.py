@@ -260,18 +260,18 @@ def cmd_tokenize(args, params) -> None:
 
     from .data.datasets import ArrayImages, read_meta, train_dataset
     from .tokenizer import Tokenizer, tokenizer_sha256
-    from .tokens import tokenize_splits
+    from .token_files import tokenize_splits
 
     block = scale_block(params)
     cfg = dict(block.get("tokenize", {}))
     tokenizer = Tokenizer.from_pretrained(args.tokenizer)
-    tokenizer.posterior = experiment_config(params, args.experiment).get("posterior", tokenizer.posterior)  # as evaluated
-    # The fixed train crops of the cache stage; val as evaluated. The noise stream is evaluate's (coda/tokens.py).
+    posterior = experiment_config(params, args.experiment).get("posterior", tokenizer.posterior)  # as evaluated
+    # The fixed train crops of the cache stage; val as evaluated. The noise stream is evaluate's (coda/token_files.py).
     splits = {"train": train_dataset(args.prepared), "val": ArrayImages(Path(args.prepared) / "val.npy")}
     meta = read_meta(args.prepared)
     preprocessing = {k: meta.get(k) for k in ("dataset", "resolution", "crop", "train_crop", "seed")}
     tokenize_splits(tokenizer, splits, args.out, tokenizer_sha256=tokenizer_sha256(tokenizer, Path(args.tokenizer)),
-                    preprocessing=preprocessing, seed=params.get("evaluate", {}).get("seed", 0),
+                    preprocessing=preprocessing, posterior=posterior, seed=params.get("evaluate", {}).get("seed", 0),
                     batch_size=block.get("evaluate", {}).get("batch_size", 16),
                     device="cuda" if torch.cuda.is_available() else "cpu", **cfg)
 

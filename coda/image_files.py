@@ -34,7 +34,7 @@ from .data.images import is_image_name, list_files, open_rgb
 from .evaluation.metrics import psnr_uint8, to_uint8
 from .files import UnreadableFileError, atomic_path, reading
 from .tokenizer import Tokenizer, tokenizer_sha256
-from .tokens import index_dtype
+from .token_files import index_dtype
 
 TOKEN_SUFFIX = ".safetensors"
 TOKEN_FORMAT = "coda-tokens/1"

@@ -138,27 +138,31 @@ class Tokenizer(nn.Module, ModelHubMixin, library_name="coda", license="apache-2
     def indices_per_image(self) -> int:
         return sum(s * s for s in self.quantizer.scales)
 
-    def latent(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Normalised VAE latent of ``images``: a posterior sample or its mean, as configured."""
+    def latent(self, images: torch.Tensor, generator: torch.Generator | None = None,
+               posterior: str | None = None) -> torch.Tensor:
+        """Normalised VAE latent of ``images``: a posterior sample or its mean (``posterior``; default
+        the tokenizer's own setting)."""
         if images.ndim != 4 or images.shape[-2:] != (self.resolution, self.resolution):
             raise ValueError(
                 f"expected images of shape B x 3 x {self.resolution} x {self.resolution} in [-1, 1] "
                 f"(the quantizer's last scale {self.quantizer.latent_size} times the VAE's "
                 f"downsampling {self.vae.downsample_factor}), got {tuple(images.shape)}")
-        return self.vae.latent(images, mode=self.posterior, generator=generator)
+        return self.vae.latent(images, mode=posterior or self.posterior, generator=generator)
 
-    def quantize(self, images: torch.Tensor, generator: torch.Generator | None = None) -> QuantizerOutput:
-        return self.quantizer(self.latent(images, generator))
+    def quantize(self, images: torch.Tensor, generator: torch.Generator | None = None,
+                 posterior: str | None = None) -> QuantizerOutput:
+        return self.quantizer(self.latent(images, generator, posterior))
 
-    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None):
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None, posterior: str | None = None):
         """Training pass: (reconstruction, quantizer output)."""
-        out = self.quantize(images, generator)
+        out = self.quantize(images, generator, posterior)
         return self.vae.decode(out.f_hat), out
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None,
+               posterior: str | None = None) -> list[torch.Tensor]:
         """Images -> one LongTensor of code indices (B x s x s) per scale."""
-        return self.quantize(images, generator).indices
+        return self.quantize(images, generator, posterior).indices
 
     @torch.no_grad()
     def decode(self, indices: list[torch.Tensor], scales: int | None = None) -> torch.Tensor:
@@ -167,8 +171,9 @@ class Tokenizer(nn.Module, ModelHubMixin, library_name="coda", license="apache-2
         return self.vae.decode(self.quantizer.indices_to_latent(indices, scales))
 
     @torch.no_grad()
-    def reconstruct(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self(images, generator)[0]
+    def reconstruct(self, images: torch.Tensor, generator: torch.Generator | None = None,
+                    posterior: str | None = None) -> torch.Tensor:
+        return self(images, generator, posterior)[0]
 
     # -- persistence ---------------------------------------------------------------------------
     @property

@@ -270,7 +270,7 @@ def check_tokens(work: Path, scale: str = "tiny", threads: int | None = None) ->
 
     from coda.evaluation.metrics import to_uint8
     from coda.tokenizer import Tokenizer
-    from coda.tokens import TokenDataset
+    from coda.token_files import TokenDataset
 
     root = work / "work" / scale
     val = TokenDataset(root / "tokens/coda", "val")

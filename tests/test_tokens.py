@@ -1,4 +1,4 @@
-"""Token files for a generator (coda/tokens.py): the val tokens decode to the evaluate stage's
+"""Token files for a generator (coda/token_files.py): the val tokens decode to the evaluate stage's
 reconstructions bit for bit, an interrupted run resumes by shard, and shards of another tokenizer
 are recomputed."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from coda.data.datasets import ArrayImages
 from coda.evaluation.evaluate import evaluate_tokenizer
 from coda.evaluation.metrics import to_uint8
-from coda.tokens import TokenDataset, index_dtype, tokenize_splits
+from coda.token_files import TokenDataset, index_dtype, tokenize_splits
 from test_cache import CrashAt
 from test_tokenizer import small_tokenizer
 
