@@ -19,6 +19,7 @@ import torch
 from coda.config import experiment_config, load_params, scale_block
 from coda.data.datasets import ArrayImages
 from coda.lora import add_lora
+from coda.pixels import from_uint8
 from coda.quantizers import build_quantizer
 from coda.tokenizer import Tokenizer
 from coda.token_files import tokenize_splits
@@ -58,7 +59,7 @@ def main() -> None:
     tokenizer = demo_tokenizer()
     resolution = tokenizer.resolution
     pixels = np.random.default_rng(0).integers(0, 256, (args.images, resolution, resolution, 3), dtype=np.uint8)
-    in_memory = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1).contiguous()
+    in_memory = from_uint8(torch.from_numpy(pixels).permute(0, 3, 1, 2)).contiguous()
     with tempfile.TemporaryDirectory() as tmp:
         npy = Path(tmp) / "images.npy"
         np.save(npy, pixels)

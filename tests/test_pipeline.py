@@ -268,7 +268,7 @@ def check_tokens(work: Path, scale: str = "tiny", threads: int | None = None) ->
     import torch
     from torch.utils.data import DataLoader
 
-    from coda.evaluation.metrics import to_uint8
+    from coda.pixels import to_uint8
     from coda.tokenizer import Tokenizer
     from coda.token_files import TokenDataset
 

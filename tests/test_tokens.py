@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from coda.data.datasets import ArrayImages
 from coda.evaluation.evaluate import evaluate_tokenizer
-from coda.evaluation.metrics import to_uint8
+from coda.pixels import to_uint8
 from coda.token_files import TokenDataset, index_dtype, tokenize_splits
 from test_cache import CrashAt
 from test_tokenizer import small_tokenizer

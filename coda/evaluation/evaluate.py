@@ -20,14 +20,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from coda.files import atomic_path, directory_sha256, file_sha256, library_versions, reading, write_json
+from coda.files import atomic_path, directory_sha256, file_sha256, library_versions, write_json
+from coda.pixels import batch_to_uint8, from_uint8, read_image_array, to_uint8, to_zero_one
 
 from .export import npz_rows
 from .frechet import (FID_PROTOCOLS, INCEPTION_SCORE_SPLITS, FeatureSet, FrechetStatistics, PairedFrechet,
                       build_extractor, inception_feature_set, resolve_inception_weights)
 from .metrics import (PSNR_CAP_DB, SSIM_IMPLEMENTATION, SSIM_WINDOW, CodeUsage, RunningMean, bits_per_image,
-                      colour_error_uint8,
-                      psnr_uint8, ssim_uint8, to_uint8, uint8_to_unit)
+                      colour_error_uint8, psnr_uint8, ssim_uint8)
 from .reference import check_validation_set, load_statistics, reference_metadata, save_reference
 
 LPIPS_NETS = ("vgg", "alex")
@@ -53,15 +53,6 @@ def checkpoint_sha256(path: str | Path | None) -> str | None:
         weights = path / "model.safetensors"
         return file_sha256(weights) if weights.is_file() else directory_sha256(path)
     return file_sha256(path)
-
-
-def read_validation_images(val_npy: str | Path) -> np.ndarray:
-    """The preprocessed validation set, N x H x W x 3 uint8, memory-mapped (never read whole)."""
-    with reading(val_npy, "uint8 validation set", "rerun the prepare stage"):
-        images = np.load(val_npy, mmap_mode="r")
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"{val_npy}: expected an N x H x W x 3 uint8 array, got {images.dtype} {images.shape}")
-    return images
 
 
 # Frozen networks are reused across evaluations in one process (several experiments, tests).
@@ -130,8 +121,7 @@ def sample_indices(count: int, wanted: int) -> list[int]:
 def _batches(images: np.ndarray, count: int, batch_size: int, device: torch.device, desc: str):
     """uint8 B x 3 x H x W tensors of the first ``count`` images, on ``device``."""
     for start in tqdm(range(0, count, batch_size), desc=desc, unit="batch", mininterval=10):
-        batch = torch.from_numpy(np.array(images[start:min(start + batch_size, count)]))
-        yield batch.permute(0, 3, 1, 2).contiguous().to(device)
+        yield batch_to_uint8(images[start:min(start + batch_size, count)]).to(device)
 
 
 def compute_reference(val_npy: str | Path, out: str | Path, *, batch_size: int = 16,
@@ -142,7 +132,7 @@ def compute_reference(val_npy: str | Path, out: str | Path, *, batch_size: int =
     (all by default) for every available feature set (VGG16 only with ``vgg16``), written to ``out``
     (``reference.py``'s format). Returns the file's metadata."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    images = read_validation_images(val_npy)
+    images = read_image_array(val_npy, "uint8 validation set")
     count = len(images) if max_images is None else min(len(images), max_images)
     if count == 0:
         raise ValueError(f"{val_npy} holds no images")
@@ -235,7 +225,7 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
     posterior = posterior or (tokenizer.posterior if tokenizer is not None else "sample")
     model.to(device).eval()
 
-    images = read_validation_images(val_npy)
+    images = read_image_array(val_npy, "uint8 validation set")
     count = len(images) if max_images is None else min(len(images), max_images)
     if count == 0:
         raise ValueError(f"{val_npy} holds no images")
@@ -273,17 +263,17 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
     with _posterior_set(tokenizer, posterior), export as export_rows:
         for reference in _batches(images, count, batch_size, device, progress):
             with torch.no_grad():
-                decoded, indices = reconstruct(uint8_to_unit(reference))
+                decoded, indices = reconstruct(from_uint8(reference))
                 output = to_uint8(decoded)
                 # the release-float protocol reads the decoder's floats, as the release's training loop does
-                unit = (decoded.float() * 0.5 + 0.5).clamp(0, 1) if float_input else None
+                unit = to_zero_one(decoded) if float_input else None
                 psnr.update(psnr_uint8(reference, output))
                 for channel, errors in zip(colour, colour_error_uint8(reference, output).T):
                     channel.update(errors)
                 if ssim_reason is None:
                     ssim.update(ssim_uint8(reference, output))
                 for net, model_lpips in lpips_models.items():
-                    lpips_means[net].update(model_lpips(uint8_to_unit(reference), uint8_to_unit(output)).flatten())
+                    lpips_means[net].update(model_lpips(from_uint8(reference), from_uint8(output)).flatten())
                 if vgg is not None:
                     vgg.update(reference, output)
                 if inception is not None:
@@ -293,7 +283,7 @@ def evaluate_tokenizer(tokenizer, vae, val_npy: str | Path, out_json: str | Path
                     row.psnr.update(psnr_uint8(reference, partial))
                     if "vgg" in lpips_models:
                         row.lpips_vgg.update(
-                            lpips_models["vgg"](uint8_to_unit(reference), uint8_to_unit(partial)).flatten())
+                            lpips_models["vgg"](from_uint8(reference), from_uint8(partial)).flatten())
                     if vgg is not None:
                         row.vgg_features.update(vgg.features(partial))
             if usage is not None:

@@ -18,16 +18,6 @@ SSIM_IMPLEMENTATION = ("skimage.metrics.structural_similarity(data_range=255, ch
                        "11x11 Gaussian window, on uint8 RGB, per image, averaged")
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """B x 3 x H x W in [-1, 1] -> uint8 (round, clamp): what a saved reconstruction would be."""
-    return ((images.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-
-
-def uint8_to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 -> float in [-1, 1], the range LPIPS and the VAE expect."""
-    return images.float() / 127.5 - 1
-
-
 def psnr_uint8(reference: torch.Tensor, test: torch.Tensor, cap_db: float = PSNR_CAP_DB) -> torch.Tensor:
     """Per-image PSNR (dB) of uint8 B x 3 x H x W tensors, peak 255, capped at ``cap_db``."""
     mse = (reference.double() - test.double()).pow(2).flatten(1).mean(1)

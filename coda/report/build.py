@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from coda.files import write_json, write_text
+from coda.pixels import read_image_array
 from coda.tokenizer import CONFIG_NAME, Tokenizer
 
 from . import figures, readme, tables
@@ -23,7 +24,7 @@ def _images(path, count: int) -> np.ndarray:
 
 def _originals(val_npy, metrics: dict[str, dict], count: int) -> np.ndarray:
     """The validation images the evaluations saved reconstructions of (evenly spread over the set)."""
-    images = np.load(val_npy, mmap_mode="r")
+    images = read_image_array(val_npy, "uint8 validation set")
     shown = next((r["recon_sample_indices"] for r in metrics.values() if r.get("recon_sample_indices")), None)
     # records from before the indices were recorded hold the first images
     return np.ascontiguousarray(images[:count] if shown is None else images[list(shown)[:count]])
