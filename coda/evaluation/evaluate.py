@@ -65,7 +65,7 @@ def _lpips_model(net: str, device: str):
 
 @functools.lru_cache(maxsize=2)
 def _vgg_extractor(device: str):
-    from coda.perceptual import register_vgg16_extractor
+    from .vgg16 import register_vgg16_extractor
 
     return build_extractor(register_vgg16_extractor(), torch.device(device))
 
@@ -78,7 +78,9 @@ def _lpips_models(device: torch.device) -> tuple[dict, str | None]:
 
 
 def _vgg_feature_set(device: torch.device) -> FeatureSet:
-    from coda.perceptual import VGG16_FEATURE, converted_weights_path
+    from coda.perceptual import converted_weights_path
+
+    from .vgg16 import VGG16_FEATURE
 
     module = _vgg_extractor(str(device))
     identity = {"extractor": module.name, "layer": VGG16_FEATURE,
