@@ -203,15 +203,18 @@ def cmd_reference(args, params) -> None:
 def cmd_evaluate(args, params) -> None:
     """One experiment's tokenizer; or, for --experiment vae, every VAE of the scale itself (the ceiling
     rows): its `vae` into --out, each of `extra_vaes` into --out/<name>."""
+    from .evaluation.ceiling import ContinuousCeiling
     from .tokenizer import Tokenizer
+    from .vae import ContinuousVAE
 
     out = Path(args.out)
     if args.experiment == DEFAULT_VAE:
         posterior = params["experiments"]["base"].get("posterior", "sample")
         for name in scale_vaes(params):
             vae_dir = vae_location(args.vae, name)
-            _evaluate(args, params, None, vae_dir, vae_location(out, name), posterior,
-                      experiment=ceiling_name(name), ema=None, method="continuous VAE", checkpoint=str(vae_dir))
+            _evaluate(args, params, ContinuousCeiling(ContinuousVAE.from_pretrained(vae_dir / "vae")), vae_dir,
+                      vae_location(out, name), posterior,
+                      experiment=ceiling_name(name), ema=None, method="continuous VAE", model_path=str(vae_dir))
         return
     if not args.tokenizer:
         raise SystemExit("coda evaluate: --tokenizer is required for an experiment")
@@ -222,18 +225,17 @@ def cmd_evaluate(args, params) -> None:
     # trained runs save EMA weights; the release ships *_ema.pth
     _evaluate(args, params, Tokenizer.from_pretrained(args.tokenizer),
               vae_location(args.vae, experiment_vae(experiment)), out, experiment.get("posterior", "sample"),
-              experiment=args.experiment, ema=True, method=None, checkpoint=args.tokenizer)
+              experiment=args.experiment, ema=True, method=None, model_path=args.tokenizer)
 
 
 VAE_LABELS = {"train_small": "small KL-VAE (trained on the demo photos)", "mar": "MAR KL-16 VAE"}
 
 
 def _evaluate(args, params, tokenizer, vae_dir: Path, out: Path, posterior: str, *, experiment: str, ema, method,
-              checkpoint: str) -> None:
+              model_path: str) -> None:
     from .data.datasets import read_meta
     from .evaluation.evaluate import COUNTS_FILE, METRICS_FILE, NPZ_FILE, SAMPLES_FILE, evaluate_tokenizer
     from .evaluation.reference import REFERENCE_FILE
-    from .vae import ContinuousVAE
 
     cfg = scale_block(params).get("evaluate", {})
     settings = params.get("evaluate", {})
@@ -241,18 +243,17 @@ def _evaluate(args, params, tokenizer, vae_dir: Path, out: Path, posterior: str,
     info = json.loads((vae_dir / "vae_info.json").read_text())
     label = (info.get("label") or VAE_LABELS.get(info["source"])
              or "/".join(p for p in (info.get("path"), info.get("subfolder")) if p))
-    vae = ContinuousVAE.from_pretrained(vae_dir / "vae") if tokenizer is None else None  # a tokenizer holds its own
     evaluate_tokenizer(
-        tokenizer, vae, Path(args.prepared) / "val.npy", out / METRICS_FILE, batch_size=cfg.get("batch_size", 16),
+        tokenizer, Path(args.prepared) / "val.npy", out / METRICS_FILE, batch_size=cfg.get("batch_size", 16),
         inception_weights=settings.get("inception_weights"), posterior=posterior, seed=settings.get("seed", 0),
         recon_samples_out=out / SAMPLES_FILE, num_recon_samples=cfg.get("reconstructions", 8),
-        code_counts_out=out / COUNTS_FILE if tokenizer is not None else None,
+        code_counts_out=out / COUNTS_FILE if tokenizer.kind == "tokenizer" else None,  # the ceiling has no codes
         max_images=cfg.get("max_images"), progressive=settings.get("progressive", "none"),
         reference_file=Path(args.reference) / REFERENCE_FILE,
         fid_protocol=settings.get("fid_protocol", "torch-fidelity"),
         npz_out=out / NPZ_FILE if cfg.get("export_npz", False) else None, rfd_vgg16=cfg.get("rfd_vgg16", True),
         meta={"experiment": experiment, "dataset": prepared.get("dataset"), "crop": prepared.get("crop"),
-              "ema": ema, "method": method, "checkpoint": checkpoint, "vae": label})
+              "ema": ema, "method": method, "model_path": model_path, "vae": label})
 
 
 def cmd_tokenize(args, params) -> None:

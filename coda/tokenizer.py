@@ -97,13 +97,13 @@ def _measured(metrics: dict) -> str:
             ("LPIPS (AlexNet)", number("lpips_alex", ".3f", "lpips_missing_reason")),
             ("codebook utilization", number("codebook_utilization", ".1%")),
             ("code perplexity", number("code_perplexity", ".1f"))]
-    versions = ", ".join(f"{name} {v}" for name, v in metrics.get("library_versions", {}).items())
+    versions = ", ".join(f"{name} {v}" for name, v in (metrics.get("library_versions") or {}).items())
     protocol = (f"{metrics.get('num_images')} validation images of `{metrics.get('dataset')}` "
                 f"({metrics.get('crop')} crops) at {metrics.get('resolution')} x {metrics.get('resolution')}, "
                 f"posterior {metrics.get('posterior')}, seed {metrics.get('seed')}, "
                 f"FID protocol {metrics.get('fid_protocol') or 'torch-fidelity'}, "
                 f"{'EMA' if metrics.get('ema') else 'live'} weights (model.safetensors sha256 "
-                f"`{metrics.get('checkpoint_sha256')}`); {versions}.")
+                f"`{metrics.get('model_sha256')}`); {versions}.")
     return "| metric | value |\n|---|---|\n" + _table(rows) + "\n\n" + protocol
 
 
@@ -119,6 +119,8 @@ def tokenizer_sha256(tokenizer: "Tokenizer", directory: Path) -> str:
 class Tokenizer(nn.Module, ModelHubMixin, library_name="coda", license="apache-2.0", paper_url=PAPER_URL,
                 tags=["image-tokenizer", "vector-quantization", "coda"], model_card_template=CARD_TEMPLATE):
     """VAE (+ LoRA) + quantizer. ``lora`` is the ``add_lora`` settings the VAE was adapted with."""
+
+    kind = "tokenizer"  # what an evaluation record calls it (coda.evaluation.ceiling: the continuous VAE)
 
     def __init__(self, vae: ContinuousVAE, quantizer: nn.Module, lora: dict | None = None,
                  posterior: str = "sample"):
@@ -211,7 +213,7 @@ class Tokenizer(nn.Module, ModelHubMixin, library_name="coda", license="apache-2
                             repo_id: str = "<repo id or folder>") -> ModelCard:
         """The card: what the tokenizer is, the measured ``metrics`` (an evaluation record) if given,
         the ``figure`` (a link, relative to the card) and the citation."""
-        if isinstance(metrics, (str, Path)):
+        if isinstance(metrics, (str, Path)):  # read by field name: a train stage's code need not know the record type
             with reading(metrics, "metrics file (the evaluate stage's metrics.json)",
                          "rerun the evaluate stage that wrote it"):
                 metrics = json.loads(Path(metrics).read_text())

@@ -58,7 +58,7 @@ def shards(directory):
 
 def test_val_tokens_decode_to_the_evaluate_stage_reconstructions_bit_for_bit(tmp_path, splits):
     tokenizer = small_tokenizer(posterior="sample")
-    evaluate_tokenizer(tokenizer, None, splits["val"].path, tmp_path / "metrics.json", batch_size=BATCH, seed=0,
+    evaluate_tokenizer(tokenizer, splits["val"].path, tmp_path / "metrics.json", batch_size=BATCH, seed=0,
                        recon_samples_out=tmp_path / "recon.npy", num_recon_samples=7, perceptual=False,
                        device="cpu")
     run(splits, tmp_path / "tokens", tokenizer)

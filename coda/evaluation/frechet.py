@@ -57,7 +57,7 @@ class FrechetStatistics:
         self.sum += features.sum(0)
         self.outer += features.T @ features
 
-    def statistics(self) -> dict:
+    def result(self) -> dict:
         """{"mu", "sigma"} as numpy float64; sigma is unbiased (N - 1), as numpy.cov computes it."""
         if self.fixed is not None:
             return self.fixed
@@ -134,11 +134,11 @@ class PairedFrechet:
         if logits is not None:
             self.logits.append(logits.detach().to("cpu", torch.float32))
 
-    def distance(self, reconstruction: FrechetStatistics | None = None) -> float:
+    def result(self, reconstruction: FrechetStatistics | None = None) -> float:
         """To the references: of ``self.reconstruction``, or of other reconstructions of the same
         images (the progressive decodes share the reference statistics)."""
         reconstruction = self.reconstruction if reconstruction is None else reconstruction
-        distance = fid_statistics_to_metric(self.reference.statistics(), reconstruction.statistics(),
+        distance = fid_statistics_to_metric(self.reference.result(), reconstruction.result(),
                                             verbose=False)
         return float(distance[KEY_METRIC_FID])
 

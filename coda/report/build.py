@@ -94,7 +94,7 @@ def build_report(metrics_files: dict, reported_csv, out_dir, experiments_meta: d
 
     for name, record in metrics.items():
         write_json(out_dir / "metrics" / f"{name}.json", tables.compared_numbers(record))
-        write_json(out_dir / "provenance" / f"{name}.json", record)
+        record.write(out_dir / "provenance" / f"{name}.json")
     (out_dir / "curves").mkdir(exist_ok=True)  # `dvc plots show` draws loss against step from these
     for name, path in (train_logs or {}).items():
         if Path(path).is_file():
