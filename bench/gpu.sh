@@ -20,3 +20,10 @@ echo "training progress goes to $LOG"
 # The table is on stdout; the trainer's progress bars (stderr) go to the log.
 timeout "${TIMEOUT:-900}" "$PY" bench/train.py --device cuda --batch "$BATCH" --steps "$STEPS" --warmup 2 \
     --options "$OPTIONS" 2>"$LOG"
+
+# The generator at paper size (VAR-d16 on the f16 tokens, V = 16384): its training step in fp32 and
+# bf16, and sampling with the KV cache against without it (same tokens).
+for opt in "" "--bf16"; do
+    timeout "${TIMEOUT:-900}" "$PY" bench/generation.py --paper --device cuda --batch "${GEN_BATCH:-32}" \
+        --steps "${GEN_STEPS:-5}" --samples "${GEN_SAMPLES:-64}" $opt 2>>"$LOG" | grep -v '^\s*$'
+done

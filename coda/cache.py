@@ -34,7 +34,7 @@ def cache_latents(vae, splits: dict[str, Dataset], out_dir: str | Path, *, vae_h
     vae = vae.to(device).eval()
     store = DTYPES[dtype]
 
-    def encode(images):
+    def encode(images, _):
         # channels_last: oneDNN/cuDNN convolutions run NHWC faster (same math).
         posterior = vae.encode(images.to(device, non_blocking=True, memory_format=torch.channels_last))
         return {"mean": posterior.mean.to("cpu", store), "logvar": posterior.logvar.to("cpu", store)}

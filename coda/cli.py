@@ -12,10 +12,11 @@ import os
 import sys
 from pathlib import Path
 
+from . import __version__
 from .config import (DEFAULT_VAE, ParamsError, at_scale, ceiling_name, experiment_config, experiment_vae,
                      load_params, scale_block, scale_experiments, scale_vaes, vae_location)
-from .devices import claim_gpu
-from .files import UnreadableFileError, write_json
+from .devices import check_gpu, claim_gpu
+from .files import UnreadableFileError, out_of_space, write_json, write_text
 from .inputs import check_external_inputs
 
 GPU_COMMANDS = ("vae", "cache", "train", "reference", "evaluate", "tokenize")
@@ -29,13 +30,22 @@ class _Tee:
 
     def write(self, text):
         for s in self.streams:
-            s.write(text)
-            s.flush()
+            try:
+                s.write(text)
+                s.flush()
+            except OSError:  # the log file's disk is full: keep the console, so the error message still shows
+                if s is self.streams[0]:
+                    raise
+                self.streams = tuple(k for k in self.streams if k is not s)
         return len(text)
 
     def flush(self):
         for s in self.streams:
-            s.flush()
+            try:
+                s.flush()
+            except OSError:
+                if s is self.streams[0]:
+                    raise
 
     def isatty(self):
         return False
@@ -101,7 +111,7 @@ def _write_vae(name: str, cfg: dict, prepared, out: Path, scale: str) -> None:
         if "path" not in cfg:
             raise ParamsError(f"{key}.path is required for source: {cfg['source']}")
         if cfg["source"] == "mar":
-            from .compat import load_mar_vae
+            from .compat.vae import load_mar_vae
 
             vae = load_mar_vae(cfg["path"])
         else:
@@ -116,7 +126,7 @@ def _write_vae(name: str, cfg: dict, prepared, out: Path, scale: str) -> None:
         info["subfolder"] = cfg["subfolder"]
     if "recipe" in cfg:
         info["label"] = f"small KL-VAE pretrained on the demo photos ({cfg['path']})"
-    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    write_json(info_path, info)
     print(f"VAE {name!r} ready in {out / 'vae'} (hash {info['hash'][:12]})")
 
 
@@ -166,7 +176,7 @@ def cmd_train(args, params) -> None:
     if not at_scale(params, experiment):
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         _no_row(params, experiment, out / "tokenizer")
-        (out / "train_log.tsv").write_text("step\n")
+        write_text(out / "train_log.tsv", "step\n")
     elif experiment.get("kind", "train") == "released":
         save_released(experiment, args.out)
     else:
@@ -259,7 +269,7 @@ def _evaluate(args, params, tokenizer, vae_dir: Path, out: Path, posterior: str,
 def cmd_tokenize(args, params) -> None:
     import torch
 
-    from .data.datasets import ArrayImages, read_meta, train_dataset
+    from .data.datasets import ArrayImages, class_labels, read_meta, train_dataset
     from .tokenizer import Tokenizer, tokenizer_sha256
     from .token_files import tokenize_splits
 
@@ -274,7 +284,8 @@ def cmd_tokenize(args, params) -> None:
     tokenize_splits(tokenizer, splits, args.out, tokenizer_sha256=tokenizer_sha256(tokenizer, Path(args.tokenizer)),
                     preprocessing=preprocessing, posterior=posterior, seed=params.get("evaluate", {}).get("seed", 0),
                     batch_size=block.get("evaluate", {}).get("batch_size", 16),
-                    device="cuda" if torch.cuda.is_available() else "cpu", **cfg)
+                    device="cuda" if torch.cuda.is_available() else "cpu", **cfg,
+                    **dict(zip(("classes", "labels"), class_labels(args.prepared))))
 
 
 def cmd_report(args, params) -> None:
@@ -317,10 +328,35 @@ COMMANDS = {
 }
 
 
+# What each stage flag names (the pipeline passes work/<scale>/<stage> folders).
+FLAG_HELP = {
+    "--out": "folder (or file) the stage writes its outputs to",
+    "--experiment": "an experiment of params.yaml (experiments.<name>); for evaluate also `vae`, the VAE itself",
+    "--prepared": "the prepare stage's folder (work/<scale>/prepared)",
+    "--vae": "the vae stage's folder (work/<scale>/vae)",
+    "--cache": "the cache stage's folder of VAE latents (work/<scale>/cache)",
+    "--reference": "the reference stage's folder of validation-set statistics (work/<scale>/reference)",
+    "--tokenizer": "a trained tokenizer folder (work/<scale>/train/<experiment>/tokenizer); not with --experiment vae",
+    "--reported": "the paper's published numbers (references/reported.csv)",
+    "--train": "the train stages' parent folder (work/<scale>/train)",
+    "--eval": "the evaluate stages' parent folder (work/<scale>/eval)",
+}
+
+
 # Run once by a maintainer, not by the DAG (tests/test_pipeline.py reads every cmd_* function as a stage).
 BUILD_COMMANDS = {
     "pretrain-vae": (pretrain_vae_command, "train the scale's pretrained VAE from scales.<scale>.vae.recipe "
                      "into its path (the demo's models/demo-vae; make demo-vae), on the CPU"),
+}
+
+
+# The generator's commands (bodies in coda/generation/commands.py): train-generator reads the scale's
+# `generator` block of params.yaml, sample needs no params.yaml. Not DAG stages yet.
+GENERATION_COMMANDS = {
+    "train-generator": ("train the class-conditional next-scale generator on token files (resumes when rerun)",
+                        "add_train_arguments"),
+    "sample": ("a generator's class-conditional samples: PNGs, their tokens and an ADM-style npz; reports images/s",
+               "add_sample_arguments"),
 }
 
 
@@ -376,6 +412,7 @@ def _add_common_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coda", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"coda {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text, arguments) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -383,12 +420,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--scale", help="override params.yaml's `scale` (Snakemake passes --config scale=...)")
         _add_common_arguments(p)
         for flag in arguments:
-            p.add_argument(flag, required=flag != "--tokenizer" or name != "evaluate")
+            p.add_argument(flag, required=flag != "--tokenizer" or name != "evaluate", help=FLAG_HELP[flag])
     for name, (_, help_text) in BUILD_COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
         p.add_argument("--scale", help="override params.yaml's `scale`")
         p.add_argument("--out", help="where to write it (default: the scale's vae.path)")
+        _add_common_arguments(p)
+    from .generation import commands as generation
+
+    for name, (help_text, add_arguments) in GENERATION_COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == "train-generator":
+            p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+            p.add_argument("--scale", help="override params.yaml's `scale`")
+        getattr(generation, add_arguments)(p)
         _add_common_arguments(p)
     for name, (help_text, inputs_help) in FILE_COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -407,13 +453,37 @@ def main(argv=None) -> int:
         if args.command in FILE_COMMANDS:
             run_on_files(args)
             return 0
+        if args.command == "sample":
+            from .generation.commands import sample
+
+            sample(args)
+            return 0
         params = load_params(args.params, scale=args.scale)
         if args.command in COMMANDS:  # a build command makes its input
             check_external_inputs(params)  # DVC's up-front refusal; Snakemake runs it in onstart too
         if args.command in GPU_COMMANDS:
             claim_gpu()  # before anything touches CUDA: this job's own card, never one another job holds
+            experiment = getattr(args, "experiment", None)
+            device = experiment_config(params, experiment if experiment in params["experiments"] else "base")
+            check_gpu(params["scale"], scale_block(params).get("require_gpu", False),
+                      device.get("train", {}).get("device", "auto"))
+        if args.command == "train-generator":
+            from .generation.commands import train_generator
+
+            train_generator(args, params)
+            return 0
         (COMMANDS | BUILD_COMMANDS)[args.command][0](args, params)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"coda {args.command}: interrupted; every file it finished is kept and none is left half-written: "
+              "rerun the same command to go on (training resumes from its last checkpoint)", file=sys.stderr)
+        return 130
     except Exception as error:
+        if not args.debug and (reason := out_of_space(error)):
+            print(f"coda {args.command}: error: {reason}, then rerun the same command: nothing was left "
+                  "half-written, and finished files are kept", file=sys.stderr)
+            return 2
         if args.debug or not isinstance(error, user_errors()):
             raise
         print(f"coda {args.command}: error: {error}", file=sys.stderr)
@@ -425,8 +495,11 @@ def user_errors() -> tuple[type[Exception], ...]:
     """Exceptions that mean the user has something to fix; imported only when one is raised."""
     from .compat.ldm import LayoutError
     from .data.bad_images import BadImageError
+    from .devices import NoGpuError
+    from .inputs import MissingPackageError
     from .evaluation.reference import StaleReferenceError
+    from .generation.commands import GenerationInputError
     from .train.loop import NonFiniteLossError
 
     return (ParamsError, FileNotFoundError, NotADirectoryError, UnreadableFileError, LayoutError, BadImageError,
-            NonFiniteLossError, StaleReferenceError)
+            NonFiniteLossError, StaleReferenceError, GenerationInputError, NoGpuError, MissingPackageError)

@@ -72,3 +72,42 @@ def claim_gpu(lock_dir: Path | None = None, wait_s: float = 30.0) -> str | None:
             raise RuntimeError(f"all {len(cards)} GPU(s) ({','.join(cards)}) are held by other coda jobs "
                                f"(lock files in {lock_dir}); run at most one GPU job per card")
         time.sleep(0.5)
+
+
+class NoGpuError(RuntimeError):
+    """A scale that needs a GPU (scales.<scale>.require_gpu) found none usable and was not told to use the CPU."""
+
+
+def gpu_problem() -> str | None:
+    """Why this process cannot use a GPU (the torch build's CUDA version, the driver), or None if it can."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    build = (f"torch {torch.__version__} is built for CUDA {torch.version.cuda}" if torch.version.cuda
+             else f"torch {torch.__version__} is a CPU-only build")
+    if shutil.which("nvidia-smi") is None:
+        driver = "no NVIDIA driver is found (no nvidia-smi)"
+    else:
+        try:
+            query = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                   capture_output=True, text=True, timeout=60)
+            versions = sorted(set(query.stdout.split()))
+            driver = (f"the NVIDIA driver is {', '.join(versions)}" if query.returncode == 0 and versions
+                      else f"nvidia-smi finds no GPU ({(query.stderr or query.stdout).strip()[:120] or 'no output'})")
+        except (OSError, subprocess.SubprocessError) as error:
+            driver = f"nvidia-smi fails ({error})"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    hidden = "; CUDA_VISIBLE_DEVICES is empty" if visible is not None and not visible.strip() else ""
+    return f"{build}, {driver}{hidden}"
+
+
+def check_gpu(scale: str, require_gpu: bool, device: str) -> None:
+    """Refuse, before any work, to run a GPU-scale job silently on the CPU: with ``device: auto`` at a
+    scale whose ``require_gpu`` is true and no usable GPU. ``device: cpu`` asks for the CPU explicitly."""
+    if device != "auto" or not require_gpu or (problem := gpu_problem()) is None:
+        return
+    raise NoGpuError(f"scale {scale!r} needs a GPU (scales.{scale}.require_gpu) and none is usable here: {problem}. "
+                     "Run where a GPU is, or install the torch build for your driver's CUDA version "
+                     "(https://pytorch.org/get-started/locally/); to run on the CPU anyway (weeks at this scale), "
+                     "set train.device: cpu")

@@ -98,7 +98,7 @@ def _download_hub(source: HubFiles, name: str, item: ExternalInput) -> str:
         return huggingface_hub.hf_hub_download(source.repo_id, name, revision=source.revision)
     except GatedRepoError as error:
         raise DownloadError(f"{source.repo_id} is gated: accept its licence on https://huggingface.co/"
-                            f"{source.repo_id}, log in (`huggingface-cli login`, or set HF_TOKEN) and run `coda "
+                            f"{source.repo_id}, log in (`hf auth login`, or set HF_TOKEN) and run `coda "
                             f"fetch` again ({_first_line(error)})") from error
     except (RepositoryNotFoundError, HfHubHTTPError) as error:
         raise DownloadError(f"{source.repo_id} has no {name} at revision {source.revision} "

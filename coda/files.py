@@ -7,6 +7,7 @@ torn one, and a resumed stage can trust whatever it finds.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -48,8 +49,44 @@ def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path
                 os.fsync(directory)
             finally:
                 os.close(directory)
+    except Exception as error:
+        if (reason := out_of_space(error)) and not isinstance(error, DiskFullError):
+            what, remedy = reason.split("; ", 1)
+            raise DiskFullError(f"{what.split(' while writing ')[0]} while writing {path}; {remedy}") from error
+        raise
     finally:
         temporary.unlink(missing_ok=True)
+
+
+# A write that found no room: a full disk, a full quota, or a file over the file system's size limit.
+_NO_SPACE = {errno.ENOSPC: ("no space left on the device", "free space (or move work/ to a larger disk)"),
+             errno.EDQUOT: ("the disk quota is exceeded", "free space within the quota (or move work/ to another disk)"),
+             errno.EFBIG: ("the file is too large for the file system",
+                           "move work/ to a file system that takes larger files, or raise the limit (ulimit -f)")}
+# Libraries that write from native code (safetensors, torch) report it only in their message.
+_NO_SPACE_TEXT = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT,
+                  "File too large": errno.EFBIG, "os error 28": errno.ENOSPC}
+
+
+class DiskFullError(OSError):
+    """A file could not be written for lack of space; the message names the file and what to do."""
+
+
+def out_of_space(error: BaseException) -> str | None:
+    """What ran out and what to do, if ``error`` (or an error it was raised from) is a write that found no room."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, DiskFullError):
+            return str(error)
+        number = error.errno if isinstance(error, OSError) and error.errno in _NO_SPACE else next(
+            (n for text, n in _NO_SPACE_TEXT.items() if text in str(error)), None)
+        if number is not None:
+            reason, remedy = _NO_SPACE[number]
+            filename = getattr(error, "filename", None)
+            return reason + (f" while writing {filename}" if filename else "") + f"; {remedy}"
+        error = error.__cause__ or error.__context__
+    return None
 
 
 class UnreadableFileError(ValueError):

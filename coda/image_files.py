@@ -125,8 +125,25 @@ def _summary(command: str, report, out: Path, report_path: Path, what: str) -> N
     print(f"coda {command}: {report.ok} of {report.ok + report.skipped} {what} written to {out}{skipped}; "
           f"report {report_path}")
     if report.ok == 0:
-        raise UnreadableFileError(f"none of the {report.skipped} {what} could be made; the reasons are in "
-                                  f"{report_path}")
+        raise UnreadableFileError(f"none of the {report.skipped} {what} could be made: {_why(report)}; "
+                                  f"every file's reason is in {report_path}")
+
+
+# What to do about the files of one reason, where the reason alone does not say it.
+REMEDIES = {"other_tokenizer": "decode them with the tokenizer that encoded them (--tokenizer)",
+            "other_scales": "decode them with the tokenizer that encoded them (--tokenizer)"}
+
+
+def _why(report) -> str:
+    """The reason on the terminal: the one file's, or the first file's of each reason (with its count)."""
+    parts = []
+    for reason, count in report.by_reason.items():
+        first = next(bad for bad in report.bad if bad["reason"] == reason)
+        detail = f"{first['path']}: {first['detail'] or reason.replace('_', ' ')}"
+        parts.append(detail if report.skipped == 1 else f"{count} {reason.replace('_', ' ')} (first {detail})")
+        if reason in REMEDIES:
+            parts[-1] += f"; {REMEDIES[reason]}"
+    return "; ".join(parts)
 
 
 def _images(command: str, inputs, out: Path, suffix: str, records: list, resolution: int, policy: str, **extra):

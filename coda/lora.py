@@ -73,19 +73,3 @@ def lora_module_names(vae_or_module: nn.Module) -> list[str]:
     """Names of the peft-wrapped convs (relative to the AutoencoderKL for a ContinuousVAE)."""
     return [name for name, module in _inner(vae_or_module).named_modules()
             if hasattr(module, "lora_A") and hasattr(module, "base_layer")]
-
-
-def adaptive_weight_layer(vae_or_module: nn.Module, variant: str) -> nn.Parameter:
-    """The LoRA `up` weight used as "last layer" by the VQGAN adaptive GAN weight (docs/method.md section 4):
-    f16 the lowest-resolution decoder upsample conv, f8 the last resnet conv2 of the
-    highest-resolution up block."""
-    up_blocks = _inner(vae_or_module).decoder.up_blocks  # ordered lowest -> highest resolution
-    if variant == "f16":
-        conv = next(block.upsamplers[0].conv for block in up_blocks if block.upsamplers is not None)
-    elif variant == "f8":
-        conv = up_blocks[-1].resnets[-1].conv2
-    else:
-        raise ValueError(f"variant must be 'f16' or 'f8', got {variant!r}")
-    if not hasattr(conv, "lora_B"):
-        raise ValueError(f"the {variant} adaptive-weight conv has no LoRA; call add_lora first")
-    return conv.lora_B[ADAPTER_NAME].weight

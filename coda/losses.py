@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lora import adaptive_weight_layer
+from .lora import ADAPTER_NAME
 from .vae import posterior_latent
 
 
@@ -64,6 +64,23 @@ def adaptive_weight(nll_loss: torch.Tensor, gan_loss: torch.Tensor, last_layer: 
     gan_grad, = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)
     weight = nll_grad.float().norm() / (gan_grad.float().norm() + eps)
     return weight.clamp(0.0, max_weight).detach()
+
+
+def adaptive_weight_layer(vae_or_module: nn.Module, variant: str) -> nn.Parameter:
+    """The LoRA `up` weight used as "last layer" by the VQGAN adaptive GAN weight (docs/method.md section 4):
+    f16 the lowest-resolution decoder upsample conv, f8 the last resnet conv2 of the
+    highest-resolution up block."""
+    vae = getattr(vae_or_module, "autoencoder", vae_or_module)  # diffusers names inside a ContinuousVAE
+    up_blocks = vae.decoder.up_blocks  # ordered lowest -> highest resolution
+    if variant == "f16":
+        conv = next(block.upsamplers[0].conv for block in up_blocks if block.upsamplers is not None)
+    elif variant == "f8":
+        conv = up_blocks[-1].resnets[-1].conv2
+    else:
+        raise ValueError(f"variant must be 'f16' or 'f8', got {variant!r}")
+    if not hasattr(conv, "lora_B"):
+        raise ValueError(f"the {variant} adaptive-weight conv has no LoRA; call add_lora first")
+    return conv.lora_B[ADAPTER_NAME].weight
 
 
 def gan_ramp(step: int, total_steps: int) -> float:

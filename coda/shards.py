@@ -65,7 +65,8 @@ def _concatenate(parts: list):
     return torch.cat(parts).contiguous()
 
 
-Encode = Callable[[object], dict]  # a DataLoader batch -> {tensor name: CPU tensor or array, one row per item}
+# (a DataLoader batch, the dataset indices of its items) -> {tensor name: CPU tensor or array, one row per item}
+Encode = Callable[[object, list[int]], dict]
 Skip = Callable[[int], None]        # called with the size of each batch of a finished shard, in order
 
 
@@ -73,8 +74,9 @@ Skip = Callable[[int], None]        # called with the size of each batch of a fi
 def write_shards(splits: dict[str, Dataset], out_dir: Path, encoder: Callable[[str], tuple[Encode, Skip | None]], *,
                  shard_size: int, batch_size: int, num_workers: int, device: str, what: str) -> dict[str, dict]:
     """Encode every item of every split into shards of ``shard_size`` items; returns the manifest's
-    ``splits`` (``split_listing``). ``encoder(split)`` gives that split's ``encode`` (each shard holds
-    the names it returns, so a new tensor per item is one more name) and ``skip`` (or None): a stage
+    ``splits`` (``split_listing``). ``encoder(split)`` gives that split's ``encode`` (given a batch and
+    its items' indices; each shard holds the names it returns, so a new tensor per item, such as a
+    class label, is one more name) and ``skip`` (or None): a stage
     whose batches consume a random stream replays them there for the shards already done, so the
     shards it computes get the draws of an uninterrupted run.
 
@@ -102,7 +104,7 @@ def write_shards(splits: dict[str, Dataset], out_dir: Path, encoder: Callable[[s
                     continue
                 parts: dict[str, list] = {}
                 for batch in batches:
-                    for key, value in encode(next(loader)).items():
+                    for key, value in encode(next(loader), batch).items():
                         parts.setdefault(key, []).append(value)
                     bar.update(len(batch))
                 tensors = {key: _concatenate(values) for key, values in parts.items()}

@@ -2,9 +2,11 @@
 
 Layout (docs/interfaces.md): ``<dir>/<split>-00000.safetensors`` shards holding one index tensor
 ``scale_<i>`` (N x s x s) per scale, uint16 (uint32 above 65536 codes), and with ``flip`` the
-horizontally flipped images' indices as ``flipped_scale_<i>``; ``<dir>/manifest.json``, written
-last, says what made them. Resumable by shard like the latent cache (``coda.shards``): finished
-shards are kept when ``tokens_state.json`` names the same tokenizer, data and settings.
+horizontally flipped images' indices as ``flipped_scale_<i>``, and with class labels each item's
+class as ``labels`` (int64 N, -1: none of the classes); ``<dir>/manifest.json``, written last, says
+what made them and names the classes in label order (``classes``). Resumable by shard like the
+latent cache (``coda.shards``): finished shards are kept when ``tokens_state.json`` names the same
+tokenizer, data and settings.
 
 Posterior noise: each split draws it from one generator seeded with ``seed``, batch after batch of
 ``batch_size`` images in order: the evaluate stage's stream, so with evaluate's batch size and seed
@@ -40,11 +42,13 @@ def _keys(num_scales: int, flipped: bool = False) -> list[str]:
 @torch.no_grad()
 def tokenize_splits(tokenizer, splits: dict[str, Dataset], out_dir: str | Path, *, tokenizer_sha256: str,
                     preprocessing: dict, posterior: str | None = None, seed: int = 0, batch_size: int = 64,
-                    shard_size: int = 4096, flip: bool = False, num_workers: int = 1, device: str = "cpu") -> Path:
+                    shard_size: int = 4096, flip: bool = False, num_workers: int = 1, device: str = "cpu",
+                    classes: list[str] | None = None, labels: dict[str, np.ndarray] | None = None) -> Path:
     """Encode every image of every split (images in [-1, 1], as the datasets give them) and write
     the indices in shards; returns the manifest's path. ``posterior``: "sample" or "mean" (default:
-    the tokenizer's own). ``shard_size`` must be a multiple of ``batch_size``, so that batches (and
-    the noise drawn for them) never depend on the sharding."""
+    the tokenizer's own). ``labels``: each split's class labels in item order (indices into
+    ``classes``), written beside the indices. ``shard_size`` must be a multiple of ``batch_size``, so
+    that batches (and the noise drawn for them) never depend on the sharding."""
     if shard_size < 1 or batch_size < 1 or shard_size % batch_size:
         raise ValueError(f"tokenize: shard_size ({shard_size}) must be a positive multiple of the batch size "
                          f"({batch_size}), so that each batch draws the same noise however the run is sharded")
@@ -55,7 +59,11 @@ def tokenize_splits(tokenizer, splits: dict[str, Dataset], out_dir: str | Path, 
     counts = {name: len(ds) for name, ds in splits.items()}
     identity = {"format": FORMAT, "tokenizer_sha256": tokenizer_sha256, "preprocessing": preprocessing,
                 "posterior": posterior, "seed": int(seed), "batch_size": int(batch_size),
-                "shard_size": int(shard_size), "flip": bool(flip), "counts": counts}
+                "shard_size": int(shard_size), "flip": bool(flip), "counts": counts,
+                "classes": list(classes) if labels is not None else None}
+    for name in splits if labels is not None else ():
+        if len(labels[name]) != counts[name]:
+            raise ValueError(f"tokenize: {len(labels[name])} labels for the {counts[name]} {name} images")
     prepare_shard_directory(out_dir, identity, STATE, "tokens")
     tokenizer = tokenizer.to(device).eval()
     latent_shape = (tokenizer.vae.latent_channels, quantizer.latent_size, quantizer.latent_size)
@@ -64,12 +72,15 @@ def tokenize_splits(tokenizer, splits: dict[str, Dataset], out_dir: str | Path, 
         # (the images' stream, the flipped copies' stream), afresh for each split
         streams = [torch.Generator(device).manual_seed(int(seed) + i) for i in range(1 + flip)]
 
-        def encode(images):
+        def encode(images, items):
             images = images.to(device, non_blocking=True)
             views = [(_keys(len(scales)), images), (_keys(len(scales), True), images.flip(-1))][:1 + flip]
-            return {key: level.to("cpu").numpy().astype(dtype)
-                    for (keys, view), stream in zip(views, streams)
-                    for key, level in zip(keys, tokenizer.encode(view, stream, posterior=posterior))}
+            tensors = {key: level.to("cpu").numpy().astype(dtype)
+                       for (keys, view), stream in zip(views, streams)
+                       for key, level in zip(keys, tokenizer.encode(view, stream, posterior=posterior))}
+            if labels is not None:
+                tensors["labels"] = np.asarray(labels[split][items], dtype=np.int64)
+            return tensors
 
         def skip(count):  # a finished shard's batch: draw its noise, so the next shard's is the same
             for stream in streams:
@@ -95,7 +106,8 @@ def read_token_manifest(token_dir: str | Path) -> dict:
 
 
 class TokenDataset(Dataset):
-    """The token files of one split: item ``i`` is one LongTensor (s x s) per scale.
+    """The token files of one split: item ``i`` is (one LongTensor s x s per scale, its class label);
+    the label is -1 for an item of none of the classes, and for token files written without labels.
 
     ``flipped=True`` (for a directory tokenized with ``flip``) appends the flipped copies: items
     ``count .. 2 count - 1`` are the flipped images, in the same order. Shards are read fully into
@@ -107,16 +119,21 @@ class TokenDataset(Dataset):
         if split in self.manifest["splits"] and flipped and not self.manifest["flip"]:
             raise ValueError(f"{token_dir} was tokenized without flipped copies (tokenize.flip: false)")
         self.scales = list(self.manifest["scales"])
-        keys = _keys(len(self.scales)) + (_keys(len(self.scales), True) if flipped else [])
+        self.classes = self.manifest.get("classes")
+        keys = (_keys(len(self.scales)) + (_keys(len(self.scales), True) if flipped else [])
+                + (["labels"] if self.classes is not None else []))
         parts = read_split(token_dir, self.manifest, split, keys, "token", REMEDY, framework="numpy")
         levels = [np.concatenate(parts[key]) for key in _keys(len(self.scales))]
         if flipped:
             levels = [np.concatenate([level, np.concatenate(parts[key])])
                       for level, key in zip(levels, _keys(len(self.scales), True))]
         self.levels = levels  # kept narrow; each item is widened to int64 as it is read
+        labels = (np.concatenate(parts["labels"]) if self.classes is not None
+                  else np.full(len(levels[0]) // (1 + flipped), -1, dtype=np.int64))
+        self.labels = np.concatenate([labels, labels]) if flipped else labels  # a flipped copy keeps its class
 
     def __len__(self) -> int:
         return len(self.levels[0])
 
-    def __getitem__(self, index: int) -> list[torch.Tensor]:
-        return [torch.from_numpy(level[index].astype(np.int64)) for level in self.levels]
+    def __getitem__(self, index: int) -> tuple[list[torch.Tensor], int]:
+        return [torch.from_numpy(level[index].astype(np.int64)) for level in self.levels], int(self.labels[index])

@@ -300,10 +300,12 @@ class Tokenizer(nn.Module, ModelHubMixin, library_name="coda", license="apache-2
         Local files, or files of a Hub repository ``repo_id`` through ``hf_hub_download`` (with
         ``revision``, ``cache_dir``, ``local_files_only``, ``token``; HF_HUB_OFFLINE=1 reads the local
         cache only), where the file names default to the variant's in the authors' release. Without
-        files or ``repo_id``, the authors' repository (``coda.inputs.RELEASED_REPO``):
+        files or ``repo_id``, the authors' repository (``coda.compat.release.RELEASED_REPO``):
         ``Tokenizer.from_official(variant="f8")``."""
-        from .compat import OFFICIAL_SETTINGS, load_official_quantizer, load_official_vae, read_state_dict
-        from .inputs import RELEASED_FILES, RELEASED_REPO
+        from .compat.io import read_state_dict
+        from .compat.quantizer import load_official_quantizer
+        from .compat.release import OFFICIAL_SETTINGS, RELEASED_FILES, RELEASED_REPO
+        from .compat.vae import load_official_vae
 
         if variant not in OFFICIAL_SETTINGS:
             raise ValueError(f"variant must be one of {sorted(OFFICIAL_SETTINGS)}, got {variant!r}")

@@ -169,7 +169,7 @@ class ContinuousVAE(nn.Module):
             raise FileNotFoundError(
                 f"could not load the diffusers VAE {text!r}"
                 f"{f' (subfolder {subfolder!r})' if subfolder else ''}: {str(err).rstrip('.')}. {hint}"
-                "Download it where there is network (huggingface-cli download) and pass the local "
+                "Download it where there is network (hf download) and pass the local "
                 "directory instead.") from err
         return cls(model)
 

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 from .files import file_sha256, library_versions, write_json
-from .train.schedule import learning_rate
+from .schedule import learning_rate
 from .vae import ContinuousVAE
 
 

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from coda.data import prepare_demo, prepare_folder
+from coda.data.datasets import class_labels
 from coda.data.bad_images import REASONS, BadImage, BadImageError, BadImageReport, reporting
 from coda.data.crops import CROPS, adm_crop, center_crop, train_crop
 from coda.data.images import list_files, open_rgb, probe_image, read_rgb
@@ -314,6 +315,9 @@ def test_prepare_folder_end_to_end(tmp_path):
     assert meta["counts"]["train"] == 8 and meta["counts"]["val"] == 7
     assert json.loads((out / "meta.json").read_text())["crop"] == "center"
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    classes, labels = class_labels(out)  # the generator's classes: the sorted first subfolders
+    assert classes == ["n01", "n02"] and labels["train"].tolist() == [int(r[1]) for r in listed]
+    assert labels["val"].tolist() == [-1] * 7  # val files outside any training class folder
 
 
 def test_prepare_folder_adm_and_limits(tmp_path):
@@ -392,6 +396,10 @@ def test_prepare_demo_deterministic_and_split_by_photo(tmp_path):
     tsv = (tmp_path / "a" / "val_files.tsv").read_text().splitlines()[1:]
     assert {r.split("\t")[1] for r in tsv} == val_names
     assert json.loads((tmp_path / "a" / "prepare_report.json").read_text())["val"]["skipped"] == 0
+    classes, labels = class_labels(tmp_path / "a")  # one class per training photograph
+    assert classes == [p["name"] for p in meta["train_photos"]]
+    assert labels["train"].tolist() == [c for c in range(len(classes)) for _ in range(3)]
+    assert labels["val"].tolist() == [-1] * len(np.load(tmp_path / "a" / "val.npy"))
 
 
 def test_prepare_demo_unavailable_photo_is_reported(tmp_path, monkeypatch):

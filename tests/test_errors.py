@@ -93,3 +93,25 @@ def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
     monkeypatch.setitem(coda.cli.COMMANDS, "report", (broken, *coda.cli.COMMANDS["report"][1:]))
     with pytest.raises(ZeroDivisionError):
         main(["report", "--reported", "r", "--prepared", "p", "--train", "t", "--eval", "e", "--out", str(tmp_path)])
+
+
+def test_version_and_a_help_text_on_every_flag_of_every_command(capsys):
+    from coda import __version__
+    from coda.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"coda {__version__}"
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    missing = [f"coda {name} {action.option_strings or action.dest}" for name, sub in commands.items()
+               for action in sub._actions if not action.help]
+    assert not missing, missing
+
+
+def test_dvc_plots_and_the_html_report_are_ignored():
+    import subprocess
+
+    ignored = subprocess.run(["git", "check-ignore", "dvc_plots/index.html", "results/report.html"], cwd=ROOT,
+                             capture_output=True, text=True)
+    assert ignored.stdout.split() == ["dvc_plots/index.html", "results/report.html"]

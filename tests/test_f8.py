@@ -7,9 +7,11 @@ import sys
 import pytest
 import torch
 
-from coda.compat import FLUX_VAE, OFFICIAL_SETTINGS
+from coda.compat.release import OFFICIAL_SETTINGS
+from coda.compat.vae import FLUX_VAE
 from coda.config import ParamsError, experiment_config, load_params, scale_experiments, scale_vaes, validate_params
-from coda.lora import add_lora, adaptive_weight_layer, lora_target_names
+from coda.losses import adaptive_weight_layer
+from coda.lora import add_lora, lora_target_names
 from coda.vae import ContinuousVAE
 from test_pipeline import ROOT
 

@@ -15,7 +15,8 @@ from coda import inputs
 from coda.cli import main
 from coda.config import load_params
 from coda.fetch import ChecksumError, fetch
-from coda.inputs import DINO_VITS16, MAR_KL16, RELEASED_FILES, RELEASED_REPO, MissingInputsError, UrlFile
+from coda.compat.release import RELEASED_FILES, RELEASED_REPO
+from coda.inputs import DINO_VITS16, MAR_KL16, MissingInputsError, UrlFile
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_hub import add_to_cache  # noqa: E402
@@ -256,7 +257,7 @@ def test_no_network_and_gated_repositories_say_what_to_do(paper, monkeypatch):
         fetch(paper["params"], "work/imagenet/fetched.json")
     message = str(error.value)
     assert message.startswith("2 external input(s) of scale 'imagenet' could not be fetched")
-    assert "huggingface-cli login" in message and "HF_TOKEN" in message
+    assert "hf auth login" in message and "HF_TOKEN" in message
     assert "weights/dino-vits16" in message and "where there is network" in message
     # offline, the up-front refusal says the same about logging in
     go_offline(monkeypatch, True)

@@ -7,8 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from coda.compat import load_official_quantizer
-from coda.compat.quantizer import CODA_F16_QUANTIZER_SETTINGS
+from coda.compat.quantizer import CODA_F16_QUANTIZER_SETTINGS, load_official_quantizer
 from coda.quantizers import CodaQuantizer
 
 

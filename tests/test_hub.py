@@ -145,9 +145,9 @@ def release_layout(folder: Path, monkeypatch) -> dict:
     """The authors' hub repository in its layout (mar_v16384/, flux_v65536/: vae_ema.pth +
     quantizer_ema.pth), with narrow VAEs of the two released architectures so the files are small
     (the settings of each variant are patched to the same narrow widths). {variant: tokenizer of the local files}."""
-    from coda.compat import OFFICIAL_SETTINGS
+    from coda.compat.release import OFFICIAL_SETTINGS
     from coda.compat.vae import FLUX_VAE, build_vae, export_official_vae_state_dict
-    from coda.inputs import RELEASED_FILES
+    from coda.compat.release import RELEASED_FILES
 
     narrow = {"f16": {**OFFICIAL_SETTINGS["f16"]["vae"], "ch": 32, "lora_rank": 4},
               "f8": {**OFFICIAL_SETTINGS["f8"]["vae"], "lora_rank": 4,
@@ -170,7 +170,7 @@ def release_layout(folder: Path, monkeypatch) -> dict:
 
 def test_released_checkpoints_load_by_hub_repo_and_variant_offline(tmp_path, offline_cache, monkeypatch):
     from coda.config import experiment_config, load_params
-    from coda.inputs import RELEASED_REPO
+    from coda.compat.release import RELEASED_REPO
     from coda.train.stage import save_released
     from test_pipeline import ROOT
 

@@ -146,6 +146,8 @@ def test_decode_skips_foreign_and_broken_token_files(tmp_path, photos, tokenizer
                  "--out", str(tmp_path / "none")]) == 2
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert message.startswith("coda decode: error: none of the 1") and "decode_report.json" in message
+    # the one reason belongs on the terminal, with what to do
+    assert "coffee.safetensors: made by tokenizer" in message and "with the tokenizer that encoded them" in message
 
 
 def test_no_usable_image_is_exit_2_with_the_report(tmp_path, photos, tokenizer_dir, capsys):

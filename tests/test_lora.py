@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coda.lora import LORA_TARGETS, adaptive_weight_layer, add_lora, lora_module_names, lora_target_names
+from coda.lora import LORA_TARGETS, add_lora, lora_module_names, lora_target_names
+from coda.losses import adaptive_weight_layer
 from coda.vae import ContinuousVAE
 
 # small VAE: 4 levels, 1 resnet per encoder level, 2 per decoder level, 2 per mid block

@@ -4,7 +4,7 @@ results/table1.csv, on stand-ins for everything a user brings, each in the form 
 - ImageNet: class sub-folders of JPEGs of several sizes with a few bad files, at data/imagenet/{train,val};
 - MAR's weights/kl16.safetensors: a random MAR KL-16 in the exact released layout;
 - the FLUX.1 VAE: a random FLUX-architecture diffusers VAE in the Hugging Face cache under
-  black-forest-labs/FLUX.1-dev, subfolder vae (offline, as after `huggingface-cli download`);
+  black-forest-labs/FLUX.1-dev, subfolder vae (offline, as after `hf download`);
 - weights/dino-vits16: a random ViT-S/16 in facebook/dino-vits16's layout.
 
 params.yaml's paper scale is used as it is (256 px, V = 16384 / 65536, the release's scales, LoRA
@@ -59,7 +59,7 @@ def random_mar_kl16(path):
 def random_flux_vae_in_hf_cache(cache):
     from diffusers import AutoencoderKL
 
-    from coda.compat import FLUX_VAE
+    from coda.compat.vae import FLUX_VAE
 
     snapshot = put_in_hf_cache(cache, "black-forest-labs/FLUX.1-dev", {"model_index.json": b"{}"})
     torch.manual_seed(2)

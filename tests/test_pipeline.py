@@ -283,7 +283,7 @@ def check_tokens(work: Path, scale: str = "tiny", threads: int | None = None) ->
     default = torch.get_num_threads()
     torch.set_num_threads(threads or default)
     try:
-        decoded = to_uint8(tokenizer.decode(next(iter(DataLoader(val, batch_size=batch))))).permute(0, 2, 3, 1).numpy()
+        decoded = to_uint8(tokenizer.decode(next(iter(DataLoader(val, batch_size=batch)))[0])).permute(0, 2, 3, 1).numpy()
     finally:
         torch.set_num_threads(default)
     assert np.array_equal(decoded[shown], recon)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import coda.quantizers.attention_lookup as attention_lookup
-from coda.compat import load_official_quantizer, read_state_dict
+from coda.compat.io import read_state_dict
+from coda.compat.quantizer import load_official_quantizer
 from coda.quantizers import CodaQuantizer, QuantizerOutput, ResidualVQ, build_quantizer
 from coda.quantizers.multiscale import upsample
 

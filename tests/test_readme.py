@@ -90,3 +90,58 @@ def test_readme_demo_table_is_what_the_pipeline_measured():
     start, end = "<!-- demo-table: python -m coda.report.demo_table -->\n", "\n<!-- /demo-table -->"
     assert start in text and end in text
     assert text.split(start, 1)[1].split(end, 1)[0] == demo_table(ROOT / "results" / "metrics")
+
+
+def readme_python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+
+
+def test_every_python_block_of_the_readme_runs(tmp_path, monkeypatch):
+    """The README's Python, in order and in one namespace, against the paths it names: the demo's
+    coda tokenizer (its architecture on the shipped demo VAE, untrained: this checks the code, not
+    the numbers) in work/demo/train/coda/tokenizer and a few token files in work/demo/tokens/coda."""
+    import numpy as np
+    import torch
+
+    from coda.config import experiment_config, load_params
+    from coda.data.datasets import ArrayImages
+    from coda.tokenizer import tokenizer_sha256
+    from coda.token_files import tokenize_splits
+    from coda.train.inputs import build_tokenizer
+
+    params = load_params(ROOT / "params.yaml", scale="demo")
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer(experiment_config(params, "coda"), ROOT / "models/demo-vae", "images")
+    folder = tmp_path / "work/demo/train/coda/tokenizer"
+    tokenizer.save_pretrained(folder)
+    resolution = params["scales"]["demo"]["prepare"]["resolution"]
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "val.npy", rng.integers(0, 256, (8, resolution, resolution, 3), dtype=np.uint8))
+    split = ArrayImages(tmp_path / "val.npy")
+    tokenize_splits(tokenizer, {"train": split, "val": split}, tmp_path / "work/demo/tokens/coda",
+                    tokenizer_sha256=tokenizer_sha256(tokenizer, folder), preprocessing={}, batch_size=4,
+                    shard_size=4)
+
+    blocks = readme_python_blocks()
+    assert len(blocks) >= 2
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["recon"].shape == (2, 3, resolution, resolution)
+    assert [tuple(i.shape[1:]) for i in namespace["indices"]] == [(s, s) for s in tokenizer.quantizer.scales]
+    assert namespace["images"].shape == (8, 3, resolution, resolution)  # the val tokens decoded
+
+
+def test_every_hf_command_of_the_readme_exists():
+    """The pinned huggingface_hub installs `hf` (not `huggingface-cli`): each `hf ...` line of the README
+    is a command it knows."""
+    lines = [line.split(" #")[0].strip() for block in re.findall(r"```(?:bash|sh)?\n(.*?)```",
+                                                                (ROOT / "README.md").read_text(), flags=re.S)
+             for line in block.splitlines()]
+    commands = [shlex.split(line) for line in lines if line.startswith("hf ")]
+    assert commands and "huggingface-cli" not in (ROOT / "README.md").read_text()
+    for words in commands:
+        subcommand = [w for w in words[1:] if not w.startswith("-")][:2]
+        result = run([str(BIN / "hf"), *subcommand, "--help"], ROOT, check=False, timeout=120)
+        assert result.returncode == 0, (words, result.stderr[-500:])

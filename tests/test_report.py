@@ -56,8 +56,9 @@ def inputs(tmp_path):
         np.save(samples[name], rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8))
     for name in ("coda", "ablate_vq"):
         logs[name] = tmp_path / f"{name}_train_log.tsv"
-        pd.DataFrame({"step": [1, 2, 3], "epoch": [0, 0, 1], "lr": [5e-4, 4e-4, 1e-4],
-                      "loss": [1.0, 0.7, 0.5], "vq_loss": [0.3, 0.2, 0.1]}).to_csv(logs[name], sep="\t", index=False)
+        pd.DataFrame({"step": [1, 2, 3], "phase": ["latents"] * 3, "epoch": [0, 0, 1], "lr": [5e-4, 4e-4, 1e-4],
+                      "loss": [1.0, 0.7, 0.5], "latent_mse": [0.6, 0.4, 0.3],
+                      "vq": [0.3, 0.2, 0.1]}).to_csv(logs[name], sep="\t", index=False)
         counts[name] = tmp_path / f"{name}_counts.npy"
         np.save(counts[name], rng.integers(0, 5, (4, 64)))
     meta = {"ablate_vq": {"quantizer": {"kind": "vq"}, "lora": None}, "ablate_rvq": {"quantizer": {"kind": "rvq"}},
@@ -171,3 +172,41 @@ def test_each_tokenizer_gets_its_model_card_with_the_measured_numbers(inputs, tm
     card = (tmp_path / "out" / "model_cards" / "coda.md").read_text()
     assert "# CODA tokenizer" in card and "| PSNR (dB) | 24.00 |" in card and "| rFID (Inception-v3) | 3.00 |" in card
     assert "../figures/reconstructions.png" in card and "Liu_2025_ICCV" in card
+
+
+def test_training_curves_one_row_per_phase_one_colour_per_experiment(tmp_path, monkeypatch):
+    """A stage with a warm-up on latents then an image run, beside a latents-only rung: a row of panels
+    per phase, the quantities of each, a log axis where the values span decades, the raw trace under
+    its moving average, each experiment in one colour in every panel."""
+    from coda.report import figures
+
+    steps = np.arange(1, 201)
+    warm = pd.DataFrame({"step": steps, "phase": "latents", "latent_mse": 20.0 / steps, "vq": 5.0 / steps,
+                         "entropy": -4.0 + 1.0 / steps, "codes_used": 1 - 1.0 / steps})
+    image = pd.DataFrame({"step": 200 + np.arange(1, 31), "phase": "images", "l1": 0.1, "lpips": 0.3,
+                          "gan_g": np.linspace(0.2, -2.0, 30), "d_loss": 1.5, "vq": 0.03, "codes_used": 0.98})
+    logs = {"coda": tmp_path / "coda.tsv", "rung": tmp_path / "rung.tsv"}
+    pd.concat([warm, image]).to_csv(logs["coda"], sep="\t", index=False)
+    warm.assign(entropy=0.0).to_csv(logs["rung"], sep="\t", index=False)
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda figure, path: drawn.append(figure) or path)
+    figures.training_curves(logs, tmp_path / "curves.png")
+
+    drawn_panels = [axes for axes in drawn[0].axes if axes.get_title()]
+    panels = {axes.get_title(): axes for axes in drawn_panels[:6]}
+    assert [axes.get_title() for axes in drawn_panels] == ["latent MSE (log)", "VQ + commitment loss (log)", "entropy loss",
+                            "codes used in the step (fraction)", "pixel L1", "LPIPS", "generator GAN loss",
+                            "discriminator loss", "VQ + commitment loss", "codes used in the step (fraction)"]
+    titles = [subfigure._suptitle.get_text() for subfigure in drawn[0].subfigs]
+    assert titles[0].startswith("Latent phase") and titles[1].startswith("Image phase")
+    latent_mse = panels["latent MSE (log)"]
+    assert latent_mse.get_yscale() == "log" and panels["entropy loss"].get_yscale() == "linear"
+    lines = latent_mse.get_lines()                        # raw + smoothed for each experiment
+    assert len(lines) == 4 and [line.get_alpha() for line in lines[::2]] == [0.2, 0.2]
+    colour = {line.get_label(): line.get_color() for line in lines if not line.get_label().startswith("_")}
+    assert colour == {"coda (warm-up)": "C0", "rung": "C1"}
+    assert [line.get_color() for line in panels["pixel L1"].get_lines()] == ["C0", "C0"]
+    assert len(panels["entropy loss"].get_lines()) == 2    # the rung logs no entropy term (all zero)
+    smoothed = lines[1].get_ydata() if lines[1].get_label() == "rung" else lines[3].get_ydata()
+    assert np.all(np.diff(smoothed) < 0) and smoothed[0] == 20.0
+    assert list(panels["pixel L1"].get_lines()[0].get_xdata()) == list(range(1, 31))   # steps of the phase

@@ -95,7 +95,7 @@ def test_indices_per_image_matches_the_paper():
 
 def test_from_official_f16_reads_released_layouts(tmp_path):
     """Released files (MAR VAE + LoRA, quantizer) in their own layout, saved as .pth, load safely."""
-    from coda.compat import OFFICIAL_SETTINGS
+    from coda.compat.release import OFFICIAL_SETTINGS
     from coda.compat.vae import build_vae, export_official_vae_state_dict
     from coda.compat.quantizer import load_official_quantizer
 

@@ -64,11 +64,11 @@ def test_val_tokens_decode_to_the_evaluate_stage_reconstructions_bit_for_bit(tmp
     run(splits, tmp_path / "tokens", tokenizer)
     tokens = TokenDataset(tmp_path / "tokens", "val")
     decoded = [to_uint8(tokenizer.decode(indices)).permute(0, 2, 3, 1).numpy()
-               for indices in DataLoader(tokens, batch_size=BATCH)]
+               for indices, _ in DataLoader(tokens, batch_size=BATCH)]
     assert np.array_equal(np.concatenate(decoded), np.load(tmp_path / "recon.npy"))
     # the posterior sample: the mean would give other tokens
     means = small_tokenizer(posterior="mean").encode(splits["val"][0][None])
-    assert any(not torch.equal(a[0], b) for a, b in zip(means, tokens[0]))
+    assert any(not torch.equal(a[0], b) for a, b in zip(means, tokens[0][0]))
 
 
 def test_layout_dtypes_manifest_and_flipped_copies(tmp_path, splits):
@@ -82,17 +82,32 @@ def test_layout_dtypes_manifest_and_flipped_copies(tmp_path, splits):
         assert f.get_tensor("scale_3").dtype == np.uint16 and f.get_tensor("scale_3").shape == (3, 8, 8)
     plain, both = TokenDataset(tmp_path / "tokens", "train"), TokenDataset(tmp_path / "tokens", "train", flipped=True)
     assert len(plain) == 5 and len(both) == 10
-    assert all(torch.equal(a, b) and a.dtype == torch.int64 for a, b in zip(plain[3], both[3]))
+    assert all(torch.equal(a, b) and a.dtype == torch.int64 for a, b in zip(plain[3][0], both[3][0]))
     # item count + i is image i mirrored (with the posterior mean, the tokens are the mirror's own)
     run(splits, tmp_path / "mean", small_tokenizer(posterior="mean"))
     mirrored = small_tokenizer(posterior="mean").encode(splits["train"][3][None].flip(-1))
-    assert all(torch.equal(a, b[0]) for a, b in zip(TokenDataset(tmp_path / "mean", "train", flipped=True)[8], mirrored))
+    assert all(torch.equal(a, b[0]) for a, b in zip(TokenDataset(tmp_path / "mean", "train", flipped=True)[8][0], mirrored))
     # flipped copies draw their own noise: switching flip off leaves every other token as it was
     run(splits, tmp_path / "noflip", flip=False)
-    assert all(torch.equal(a, b) for a, b in zip(TokenDataset(tmp_path / "noflip", "train")[3], plain[3]))
+    assert all(torch.equal(a, b) for a, b in zip(TokenDataset(tmp_path / "noflip", "train")[3][0], plain[3][0]))
     assert index_dtype(1 << 16) == np.uint16 and index_dtype((1 << 16) + 1) == np.uint32
     with pytest.raises(ValueError, match="without flipped copies"):
         TokenDataset(tmp_path / "noflip", "train", flipped=True)
+
+
+def test_labels_are_written_per_shard_and_returned_with_each_item(tmp_path, splits):
+    labels = {"train": np.array([2, 0, 1, 1, 0]), "val": np.array([0, 1, 2, -1, 0, 1, 2])}
+    manifest = json.loads(run(splits, tmp_path / "tokens", classes=["a", "b", "c"], labels=labels).read_text())
+    assert manifest["classes"] == ["a", "b", "c"]
+    with safe_open(tmp_path / "tokens" / "val-00001.safetensors", framework="numpy") as f:
+        assert f.get_tensor("labels").tolist() == [0, 1, 2]
+    val, train = TokenDataset(tmp_path / "tokens", "val"), TokenDataset(tmp_path / "tokens", "train", flipped=True)
+    assert [val[i][1] for i in range(7)] == labels["val"].tolist()
+    assert [train[i][1] for i in range(10)] == labels["train"].tolist() * 2  # a flipped copy keeps its class
+    assert train.classes == ["a", "b", "c"]
+    assert TokenDataset(run(splits, tmp_path / "unlabelled").parent, "val")[0][1] == -1
+    with pytest.raises(ValueError, match="4 labels for the 5 train images"):
+        run(splits, tmp_path / "bad", classes=["a"], labels={"train": np.zeros(4, int), "val": np.zeros(7, int)})
 
 
 def test_an_interrupted_run_resumes_by_shard_bit_for_bit(tmp_path, splits):

@@ -128,7 +128,7 @@ def test_images_mode_with_lora_and_patchgan_lowers_reconstruction_loss(tmp_path,
     assert run["config"]["train"]["lr"] == 5e-3 and run["device"] == "cpu" and "torch" in run["versions"]
     rows = [line.split("\t") for line in (tmp_path / "train_log.tsv").read_text().splitlines()]
     header = rows[0]
-    assert header[:4] == ["step", "epoch", "lr", "loss"]
+    assert header[:5] == ["step", "phase", "epoch", "lr", "loss"] and {r[1] for r in rows[1:]} == {"images"}
     for column in ("l1", "mse", "lpips", "vq", "entropy", "gan_g", "adaptive_weight", "d_loss", "images_per_s"):
         assert column in header
     assert [int(r[0]) for r in rows[1:]] == list(range(1, 17))
@@ -276,6 +276,11 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path, tiny_vae, photo_crops):
     assert process.returncode == -signal.SIGKILL, output
     assert load_checkpoint(newest(killed))["step"] == 4
     assert not (killed / "tokenizer").exists()
+    # the curves so far live beside the checkpoints; train_log.tsv (a declared output, which both
+    # engines delete before a rerun) is published only when the run ends
+    assert not (killed / "train_log.tsv").exists()
+    assert [r.split("\t")[0] for r in (killed / "checkpoints/train_log.tsv").read_text().splitlines()[1:]] == \
+        ["1", "2", "3", "4", "5"]
 
     rerun = subprocess.run(args + ["-1"], env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
@@ -350,7 +355,7 @@ def test_coda_train_command_trains_and_resumes(tmp_path, tiny_vae):
 
 def test_coda_train_converts_released_checkpoints(tmp_path, capsys):
     """kind: released: the authors' .pth files become a tokenizer directory, nothing trains."""
-    from coda.compat import OFFICIAL_SETTINGS
+    from coda.compat.release import OFFICIAL_SETTINGS
     from coda.compat.vae import build_vae, export_official_vae_state_dict
     from coda.quantizers import build_quantizer
     from coda.tokenizer import Tokenizer
@@ -383,7 +388,7 @@ def test_epochs_set_the_run_length_when_max_steps_is_unset(tmp_path, tiny_vae):
     assert result.step == 5                                      # ceil(1.25 x 4)
     run = json.loads((tmp_path / "run.json").read_text())
     assert (run["steps_per_epoch"], run["total_steps"], run["steps"]) == (4, 5, 5)
-    epochs = [int(line.split("\t")[1]) for line in (tmp_path / "train_log.tsv").read_text().splitlines()[1:]]
+    epochs = [int(line.split("\t")[2]) for line in (tmp_path / "train_log.tsv").read_text().splitlines()[1:]]
     assert epochs == [0, 0, 0, 0, 1]
 
 
@@ -454,9 +459,12 @@ def test_quantizer_warmup_on_latents_then_images(tmp_path, tiny_vae, photo_crops
     warm = json.loads((tmp_path / "out/quantizer_warmup/run.json").read_text())
     assert warm["data_mode"] == "latents" and warm["total_steps"] == 3 and warm["config"]["lora"] is None
     assert warm["config"]["train"]["lr"] == 2e-3
-    logs = [(tmp_path / "out" / run / "train_log.tsv").read_text().splitlines() for run in ("quantizer_warmup", ".")]
-    first_lr = [float(dict(zip(log[0].split("\t"), log[1].split("\t")))["lr"]) for log in logs]
-    assert first_lr == [2e-3, 5e-4]  # each phase's cosine starts at its own rate
+    rows = [line.split("\t") for line in (tmp_path / "out/train_log.tsv").read_text().splitlines()]
+    rows = [dict(zip(rows[0], row)) for row in rows[1:]]  # the stage's curves: the warm-up, then the image run
+    assert [(r["step"], r["phase"]) for r in rows] == [("1", "latents"), ("2", "latents"), ("3", "latents"),
+                                                       ("4", "images"), ("5", "images")]
+    assert [float(rows[i]["lr"]) for i in (0, 3)] == [2e-3, 5e-4]  # each phase's cosine starts at its own rate
+    assert rows[0]["lpips"] == "" and rows[0]["latent_mse"] and rows[3]["l1"] and rows[3]["latent_mse"] == ""
     assert json.loads((tmp_path / "out/run.json").read_text())["data_mode"] == "images"
 
     warm_quantizer = Tokenizer.from_pretrained(tmp_path / "out/quantizer_warmup/tokenizer").quantizer.state_dict()
@@ -470,3 +478,41 @@ def test_quantizer_warmup_on_latents_then_images(tmp_path, tiny_vae, photo_crops
     assert not torch.equal(cold.ema_tokenizer.quantizer.codebooks.weight, by_hand.ema_tokenizer.quantizer.codebooks.weight)
     with pytest.raises(ValueError, match="latent cache"):
         train(experiment, tiny_vae, tmp_path / "other", images=photo_crops)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_curves_keep_their_history_when_the_engines_delete_train_log_before_a_rerun(tmp_path, tiny_vae, photo_crops):
+    """A stage with a quantizer warm-up, stopped in its image phase, then rerun as Snakemake and DVC
+    rerun it (train_log.tsv, a declared output, deleted first): the curves hold every step once."""
+    g = torch.Generator().manual_seed(0)
+    cache = _latent_cache(tmp_path / "cache", torch.randn(16, 4, 8, 8, generator=g), torch.full((16, 4, 8, 8), -6.0))
+    experiment = _images_experiment(max_steps=4, quantizer_warmup_steps=3)   # checkpoints every 2 steps
+
+    def stop_after_step_3(step, values):
+        if step == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(experiment, tiny_vae, tmp_path / "out", images=photo_crops, latents=cache, on_step=stop_after_step_3)
+    (tmp_path / "out/train_log.tsv").unlink(missing_ok=True)
+    train(experiment, tiny_vae, tmp_path / "out", images=photo_crops, latents=cache)
+    rows = [line.split("\t") for line in (tmp_path / "out/train_log.tsv").read_text().splitlines()]
+    assert [(r[0], r[1]) for r in rows[1:]] == [("1", "latents"), ("2", "latents"), ("3", "latents"),
+                                               ("4", "images"), ("5", "images"), ("6", "images"), ("7", "images")]
+    assert json.loads((tmp_path / "out/run.json").read_text())["resumed_from"] == [2]
+
+
+def test_a_half_written_log_line_is_dropped_on_resume(tmp_path):
+    from coda.train.log import TsvLog, read_rows
+
+    path = tmp_path / "log.tsv"
+    log = TsvLog(path, ["step", "loss"], keep_until=None)
+    for step in (1, 2, 3):
+        log.write({"step": step, "loss": 0.5})
+    with path.open("a") as f:
+        f.write("4\t0.")                       # the process died (or the disk filled) mid-line
+    TsvLog(path, ["step", "loss"], keep_until=4)
+    assert [row[0] for row in read_rows(path)] == ["1", "2", "3"]

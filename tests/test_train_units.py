@@ -1,14 +1,17 @@
 """Trainer building blocks: config, learning-rate schedule, checkpoint files."""
 import dataclasses
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from coda.discriminators import check_discriminator
+from coda.schedule import learning_rate
 from coda.train.config import TrainConfig
-from coda.train.schedule import learning_rate
 from coda.train import checkpoint as ckpt
 from coda.train import config
 
@@ -56,9 +59,17 @@ def test_global_batch_sets_the_accumulation_for_any_process_count():
     assert TrainConfig(batch_size=16, grad_accum=4).accumulation(8) == 4
     with pytest.raises(ValueError, match="global_batch"):
         TrainConfig(global_batch=0)
-    for key, value in (("disc_objective", "wgan"), ("dino_view", "nearest"), ("dino_heads", "xavier")):
+    with pytest.raises(ValueError, match="invalid train.disc_objective.*choose from"):
+        TrainConfig.from_dict({"disc_objective": "wgan"})
+    for key, value in (("dino_view", "nearest"), ("dino_heads", "xavier")):
         with pytest.raises(ValueError, match=f"invalid train.{key}.*choose from"):
-            TrainConfig.from_dict({key: value})
+            check_discriminator("dino", **{key: value})
+
+
+def test_the_train_settings_and_the_input_check_import_no_torch():
+    """The input check runs before every stage, and reads TrainConfig's defaults: both stay light."""
+    code = "import sys, coda.inputs, coda.train.config; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_discriminator_auto_choice():

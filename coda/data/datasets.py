@@ -108,3 +108,31 @@ def train_dataset(prepared_dir, resolution: int | None = None, seed: int = 0) ->
     return ManifestImages(prepared_dir / TRAIN_MANIFEST, meta["train_dir"], resolution, seed=seed,
                           min_size=meta.get("min_size"))
 
+
+
+NO_CLASS = -1  # the label of an item whose class is none of the training classes (a demo val photo)
+
+
+def class_labels(prepared_dir) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The classes of a prepared folder, in label order, and each split's labels (int64, row order
+    of ``train_dataset`` and ``val.npy``).
+
+    A folder dataset: the first subfolder, in sorted order (meta.json's ``classes``; ImageNet: the
+    1,000 sorted synsets; a folder without subfolders: one class ""). The demo: the source
+    photograph of each crop, in the order of meta.json's ``train_photos``; a val crop comes from a
+    photo no training crop shows, so its label is ``NO_CLASS``."""
+    from .layout import TRAIN_FILES, VAL_FILES
+
+    prepared_dir = Path(prepared_dir)
+    meta = read_meta(prepared_dir)
+    if "classes" in meta:
+        classes = list(meta["classes"])
+        train = [int(row["label"]) for row in read_tsv(prepared_dir / TRAIN_MANIFEST)]
+        column = "class"
+    else:
+        classes = [photo["name"] for photo in meta["train_photos"]]
+        train = [classes.index(row["photo"]) for row in read_tsv(prepared_dir / TRAIN_FILES)]
+        column = "photo"
+    index = {name: i for i, name in enumerate(classes)}
+    val = [index.get(row[column], NO_CLASS) for row in read_tsv(prepared_dir / VAL_FILES)]
+    return classes, {"train": np.array(train, dtype=np.int64), "val": np.array(val, dtype=np.int64)}

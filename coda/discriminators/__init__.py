@@ -3,16 +3,20 @@ from __future__ import annotations
 
 import torch
 
-from .dino import DinoDiscriminator, find_dino_weights, load_dino_backbone, missing_weights_message
+from .dino import HEADS, VIEWS, DinoDiscriminator, find_dino_weights, load_dino_backbone, missing_weights_message
 from .patchgan import PatchGAN
 
 KINDS = ("patchgan", "dino")
 
 
-def check_discriminator(kind: str, dino_weights=None) -> None:
+def check_discriminator(kind: str, dino_weights=None, dino_view: str = "crop_or_area",
+                        dino_heads: str = "release") -> None:
     """Fail fast (before any data or model is loaded) when the discriminator cannot be built."""
     if kind not in KINDS:
         raise ValueError(f"unknown discriminator {kind!r}; choose one of {KINDS}")
+    for key, value, allowed in (("dino_view", dino_view, VIEWS), ("dino_heads", dino_heads, HEADS)):
+        if kind == "dino" and value not in allowed:
+            raise ValueError(f"invalid train.{key}: {value!r} (choose from {allowed})")
     if kind == "dino" and find_dino_weights(dino_weights) is None:
         raise FileNotFoundError(missing_weights_message(dino_weights))
 

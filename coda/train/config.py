@@ -2,7 +2,10 @@
 
 This dataclass is the one list of train settings: the schema's ``$defs/train`` properties name the
 same keys (tests/test_train_units.py checks it), and a setting marked ``resumable`` may change
-between a run and its resumption (bookkeeping and speed, never what is computed).
+between a run and its resumption (bookkeeping and speed, never what is computed). No torch here:
+the input check (coda/inputs.py) reads these defaults before any stage runs. The DINO options
+(``dino_view``, ``dino_heads``) are checked by ``coda.discriminators.check_discriminator``, beside
+the discriminator that defines them.
 """
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ import difflib
 from dataclasses import dataclass, field
 
 from ..config import ParamsError
-from ..discriminators.dino import HEADS, VIEWS
 
 DATA_MODES = ("images", "latents")
 DISCRIMINATORS = ("auto", "patchgan", "dino")
@@ -76,8 +78,7 @@ class TrainConfig:
     def __post_init__(self):
         # params.yaml is checked by the schema; these guard direct callers of train() too.
         self.betas = tuple(self.betas)
-        choices = {"data_mode": DATA_MODES, "discriminator": DISCRIMINATORS, "disc_objective": DISC_OBJECTIVES,
-                   "dino_view": VIEWS, "dino_heads": HEADS}
+        choices = {"data_mode": DATA_MODES, "discriminator": DISCRIMINATORS, "disc_objective": DISC_OBJECTIVES}
         checks = {key: getattr(self, key) in allowed for key, allowed in choices.items()}
         checks |= {
             "batch_size": self.batch_size >= 1, "grad_accum": self.grad_accum >= 1,

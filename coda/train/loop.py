@@ -25,8 +25,8 @@ from . import distributed
 from .checkpoint import resume_training_state, save_training_state
 from .config import TrainConfig
 from .inputs import build_tokenizer, micro_batch_stream, mix_seeds
-from .log import LOG, TsvLog, finish_run_record, progress_bar, start_run_record
-from .schedule import learning_rate
+from .log import LOG, TsvLog, finish_run_record, progress_bar, publish_log, start_run_record
+from ..schedule import learning_rate
 
 CHECKPOINTS = "checkpoints"
 
@@ -45,11 +45,13 @@ class TrainResult:
 
 
 def fit(cfg: TrainConfig, experiment: dict, vae_dir, out_dir, dataset, info, *, data: str,
-        init_quantizer: dict | None = None, on_step=None) -> TrainResult:
+        init_quantizer: dict | None = None, on_step=None, earlier_phases: list | None = None) -> TrainResult:
     """One run into ``out_dir``, resumed from its checkpoint if it has one.
 
     experiment: with ``cfg``'s values as its train block (what run.json and the checkpoint record);
-    data: what run.json names as the training data; init_quantizer: a quantizer state to start from.
+    data: what run.json names as the training data; init_quantizer: a quantizer state to start from;
+    earlier_phases: (phase, live log) of the runs before this one in the same stage, which the
+    published train_log.tsv holds first (coda/train/log.py).
     """
     out_dir = Path(out_dir)
     if info.is_main:
@@ -111,7 +113,7 @@ def fit(cfg: TrainConfig, experiment: dict, vae_dir, out_dir, dataset, info, *, 
     columns = (["step", "epoch", "lr", "loss"] + objective.names
                + ["ramp", "grad_norm", "codes_used", "images_per_s"] + (["d_grad_norm"] if disc else []))
     if info.is_main:
-        log = TsvLog(out_dir / LOG, columns, keep_until=start_step or None)
+        log = TsvLog(checkpoints / LOG, columns, keep_until=start_step or None)  # kept across reruns
         start_run_record(out_dir, {
             "config": experiment, "data_mode": cfg.data_mode, "posterior": tokenizer.posterior,
             "discriminator": disc.config if disc is not None else None,
@@ -201,6 +203,7 @@ def fit(cfg: TrainConfig, experiment: dict, vae_dir, out_dir, dataset, info, *, 
         ema.model.save_pretrained(out_dir / "tokenizer")
         if cfg.save_live:
             tokenizer.save_pretrained(out_dir / "tokenizer_live")
+        publish_log(out_dir / LOG, [*(earlier_phases or []), (cfg.data_mode, checkpoints / LOG)])
         finish_run_record(out_dir, step)
     return TrainResult(out_dir, step, tokenizer, ema.model, disc)
 

@@ -11,7 +11,8 @@ from ..files import write_text
 from . import distributed
 from .config import TrainConfig
 from .inputs import open_dataset
-from .loop import TrainResult, fit
+from .log import LOG
+from .loop import CHECKPOINTS, TrainResult, fit
 
 WARMUP = "quantizer_warmup"
 
@@ -36,9 +37,9 @@ def train(experiment: dict, vae_dir, out_dir, *, images=None, latents=None, on_s
     if warm_up and latents is None:
         raise ValueError("train.quantizer_warmup_steps needs the latent cache (--cache / latents=)")
     if cfg.data_mode == "images" and cfg.gan_weight > 0:  # before any loading: a missing DINO file fails now
-        check_discriminator(cfg.discriminator_kind, cfg.dino_weights)
+        check_discriminator(cfg.discriminator_kind, cfg.dino_weights, cfg.dino_view, cfg.dino_heads)
     info = distributed.setup(cfg.device)
-    init_quantizer = None
+    init_quantizer, earlier_phases = None, []
     if warm_up:
         warm = TrainConfig.from_dict({**experiment["train"], "data_mode": "latents",
                                       "max_steps": cfg.quantizer_warmup_steps, "quantizer_warmup_steps": 0,
@@ -46,9 +47,10 @@ def train(experiment: dict, vae_dir, out_dir, *, images=None, latents=None, on_s
         result = fit(warm, {**experiment, "lora": None, "train": warm.to_dict()}, vae_dir, Path(out_dir) / WARMUP,
                      open_dataset("latents", images, latents, warm.seed), info, data=_describe(latents))
         init_quantizer = result.ema_tokenizer.quantizer.state_dict()
+        earlier_phases = [("latents", Path(out_dir) / WARMUP / CHECKPOINTS / LOG)]  # the curves start with it
     dataset = open_dataset(cfg.data_mode, images, latents, cfg.seed)
     result = fit(cfg, experiment, vae_dir, out_dir, dataset, info, init_quantizer=init_quantizer, on_step=on_step,
-                 data=_describe(latents if cfg.data_mode == "latents" else images))
+                 data=_describe(latents if cfg.data_mode == "latents" else images), earlier_phases=earlier_phases)
     distributed.teardown(info)
     return result
 
@@ -62,7 +64,7 @@ def save_released(experiment: dict, out_dir) -> None:
     files of the hub repository ``repo``, read from the local cache only (the fetch stage put them
     there; nothing downloads here), or with ``repo: null`` the local ``vae_file`` and
     ``quantizer_file`` (`coda` checks they exist before any stage runs)."""
-    from ..inputs import released_files
+    from ..compat.release import released_files
     from ..tokenizer import Tokenizer
 
     repo = experiment.get("repo")
@@ -70,4 +72,4 @@ def save_released(experiment: dict, out_dir) -> None:
     tokenizer = Tokenizer.from_official(*released_files(experiment), variant=experiment.get("variant", "f16"),
                                         posterior=experiment.get("posterior", "sample"), **hub)
     tokenizer.save_pretrained(Path(out_dir) / "tokenizer")
-    write_text(Path(out_dir) / "train_log.tsv", "step\n")
+    write_text(Path(out_dir) / LOG, "step\n")

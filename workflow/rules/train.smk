@@ -1,5 +1,6 @@
 # Checkpoints ({WORK}/train/<experiment>/checkpoints) are not declared: Snakemake deletes declared
-# outputs before a job runs, and rerunning after a crash must resume from them.
+# outputs before a job runs, and rerunning after a crash must resume from them. The curves so far are
+# kept there too (checkpoints/train_log.tsv); train_log.tsv is published from them at the end.
 rule train:
     input: f"{WORK}/prepared", f"{WORK}/vae", f"{WORK}/cache/manifest.json", code("train")
     output:
