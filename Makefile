@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.coda-installed
 export HF_HUB_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: setup test demo demo-vae bench bench-gpu clean
+.PHONY: setup test test-fast demo publish demo-vae bench bench-gpu clean
 
 setup: $(STAMP)
 
@@ -20,14 +20,25 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
+
+# Without the end-to-end runs (marked slow): the quick check while editing.
+test-fast: setup
+	$(PY) -m pytest -q --durations=25 -m "not slow" tests
 
 # The whole pipeline at demo scale (2 CPU cores, offline): the default target `all`, i.e.
-# results/table1.csv, ablation.csv, figures and the token files. --forcerun report: a fresh clone's
-# committed results/ would otherwise count as up to date (Snakemake takes a present target as done
-# however its inputs stand), and nothing would run.
+# results/table1.csv, ablation.csv, figures and the token files. results/ and work/ are not in git, so
+# a fresh clone runs the whole DAG, and a second `make demo` runs nothing.
 demo: setup
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/snakemake --cores all --forcerun report
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/snakemake --cores all --config scale=demo
+
+# The demo's report as the README shows it: docs/demo/ (tracked) is a copy of a demo run's results/,
+# and the README's table is written from its metrics. Commit both after a change of the demo's numbers.
+PUBLISHED := table1.csv ablation.csv README.md figures metrics provenance curves model_cards
+publish: demo
+	rm -rf docs/demo && mkdir -p docs/demo
+	cp -R $(addprefix results/,$(PUBLISHED)) docs/demo/
+	$(PY) -m coda.report.demo_table docs/demo/metrics --readme README.md
 
 # Rebuild the demo's pretrained VAE (models/demo-vae) from scales.demo.vae.recipe, bit for bit on the
 # recipe's CPU threads (about 45 min on one core); commit the folder it writes (models/README.md). The demo never trains it.

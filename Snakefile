@@ -33,7 +33,7 @@ rule all:
 # run still plans without them); weights the fetch stage can download count as there while the
 # network is. DVC runs the same check at the start of every `coda` command.
 onstart:
-    from coda.inputs import MissingInputsError, check_external_inputs
+    from coda.external_inputs import MissingInputsError, check_external_inputs
     try:
         check_external_inputs(config)
     except MissingInputsError as error:

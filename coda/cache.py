@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from .artifacts import MANIFEST
 from .files import write_json
-from .shards import MANIFEST, prepare_shard_directory, read_manifest, read_split, tensor_shape, write_shards
+from .shards import prepare_shard_directory, read_manifest, read_split, tensor_shape, write_shards
 
 STATE = "cache_state.json"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}

@@ -12,10 +12,12 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from .errors import UserError
+
 SCHEMA_RELATIVE = Path("workflow/schemas/params.schema.yaml")
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError, ValueError):
     """params.yaml is malformed: the message names the key path and what is allowed."""
 
 
@@ -167,3 +169,12 @@ def experiment_config(params: dict, name: str) -> dict:
     config = deep_merge(config, params["experiments"][name] if name != "base" else {})
     config["name"] = name
     return config
+
+
+def train_processes(params: dict, name: str) -> int:
+    """The processes of experiment `name`'s train job (one GPU each): its train.processes, or 1 where
+    nothing trains (the authors' checkpoints, or no row at this scale)."""
+    experiment = experiment_config(params, name)
+    if experiment.get("kind", "train") != "train" or not at_scale(params, experiment):
+        return 1
+    return experiment.get("train", {}).get("processes", 1)

@@ -1,9 +1,11 @@
-"""One card per GPU job: a `coda` GPU command claims a free card before it does any work.
+"""Cards per GPU job: a `coda` GPU command claims free cards (one per process) before it does any work;
+and ``pick_device``, the one choice of a command's torch device.
 
-Snakemake gives a job no GPU slot id, so `workflow/rules/common.smk` caps the concurrent GPU jobs
-of a local run at the number of cards and each job takes the first card no other job holds: an
-exclusive, non-blocking `flock` on one lock file per card. The kernel drops the lock when the
-process ends, so a killed job never leaves a card locked. Imported by the Snakefile, so no torch.
+Snakemake gives a job no GPU slot id, so `workflow/rules/common.smk` caps the GPUs of a local run's
+concurrent jobs at the number of cards (a train job of N processes counts N) and each job takes the
+first cards no other job holds: an exclusive, non-blocking `flock` on one lock file per card. The
+kernel drops the lock when the process ends, so a killed job never leaves a card locked. Imported by
+the Snakefile, so no torch.
 """
 from __future__ import annotations
 
@@ -15,7 +17,19 @@ import tempfile
 import time
 from pathlib import Path
 
+from .errors import UserError
+
 _claimed = []  # the open lock file: the claim lasts as long as the process
+
+
+def pick_device(requested=None):
+    """The torch device a command runs on: ``requested`` ("cpu", "cuda", "cuda:1"), or with None or
+    "auto" CUDA when torch sees a card (after ``claim_gpu``, the claimed one), else the CPU."""
+    import torch
+
+    if requested in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
 
 
 def gpu_cards() -> list[str]:
@@ -38,23 +52,35 @@ def default_lock_dir() -> Path:
     return Path(tempfile.gettempdir()) / (f"coda-gpus-{os.getuid()}" + (f"-slurm{job}" if job else ""))
 
 
-def claim_gpu(lock_dir: Path | None = None, wait_s: float = 30.0) -> str | None:
-    """Claim a card no other coda job holds and make it this process's only visible device.
+class TooFewCardsError(UserError, RuntimeError):
+    """A job needs more cards than it is given: the user lowers its process count or gives it more."""
 
-    Call it before anything initialises CUDA. Returns the card, or None where there is nothing to
-    claim: no GPU, or under torchrun (its ranks take cuda:LOCAL_RANK of the cards they are given).
-    Waits up to `wait_s` for a card (a finished job's worker processes can hold its lock for a
-    moment), then raises rather than share one.
+
+def claim_gpu(count: int = 1, lock_dir: Path | None = None, wait_s: float = 30.0) -> str | None:
+    """Claim ``count`` cards no other coda job holds and make them this process's only visible devices.
+
+    Call it before anything initialises CUDA. Returns the cards (comma-separated), or None where there
+    is nothing to claim: no GPU, or inside a process group's rank (its launcher, `coda train` or
+    torchrun, holds the cards, and each rank takes cuda:LOCAL_RANK of them). A job of N processes
+    claims N cards at once, all or none. Waits up to `wait_s` for them (a finished job's worker
+    processes can hold its locks for a moment), then raises rather than share one; a job given fewer
+    cards than it needs stops at once.
     """
     if _claimed:
         return os.environ["CUDA_VISIBLE_DEVICES"]
     cards = gpu_cards()
     if not cards or "LOCAL_RANK" in os.environ:
         return None
+    if len(cards) < count:
+        raise TooFewCardsError(
+            f"this job runs {count} training processes, one per GPU, but sees {len(cards)} GPU(s) "
+            f"({','.join(cards)}): set train.processes to at most {len(cards)} for this scale or experiment in "
+            f"params.yaml (train.global_batch keeps the run the same), or run it where {count} GPUs are visible")
     lock_dir = Path(lock_dir or default_lock_dir())
     lock_dir.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_s
     while True:
+        held = []
         for card in cards:
             handle = open(lock_dir / (card.replace("/", "_") + ".lock"), "a+")
             try:
@@ -62,19 +88,27 @@ def claim_gpu(lock_dir: Path | None = None, wait_s: float = 30.0) -> str | None:
             except BlockingIOError:
                 handle.close()
                 continue
-            handle.truncate(0)
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
-            _claimed.append(handle)
-            os.environ["CUDA_VISIBLE_DEVICES"] = card
-            return card
+            held.append((card, handle))
+            if len(held) == count:
+                break
+        if len(held) == count:
+            for _, handle in held:
+                handle.truncate(0)
+                handle.write(f"{os.getpid()}\n")
+                handle.flush()
+            _claimed.extend(handle for _, handle in held)
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(card for card, _ in held)
+            return os.environ["CUDA_VISIBLE_DEVICES"]
+        for _, handle in held:  # all or none: a partial claim would starve a job that needs fewer
+            handle.close()
         if time.monotonic() >= deadline:
-            raise RuntimeError(f"all {len(cards)} GPU(s) ({','.join(cards)}) are held by other coda jobs "
-                               f"(lock files in {lock_dir}); run at most one GPU job per card")
+            raise RuntimeError(f"fewer than {count} of the {len(cards)} GPU(s) ({','.join(cards)}) are free, "
+                               f"the others are held by other coda jobs (lock files in {lock_dir}); run at most "
+                               f"one GPU job per card")
         time.sleep(0.5)
 
 
-class NoGpuError(RuntimeError):
+class NoGpuError(UserError, RuntimeError):
     """A scale that needs a GPU (scales.<scale>.require_gpu) found none usable and was not told to use the CPU."""
 
 

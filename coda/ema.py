@@ -25,7 +25,8 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int, epoch: int) -> float:
-        """Call after optimizer step ``step`` (1-based count). Returns the decay used (0 = copy)."""
+        """Call after the optimizer step of index ``step`` (counted from 0, as coda/train/loop.py does), in
+        epoch ``epoch``. Returns the decay used (0 = copy)."""
         decay = ema_decay(step, self.max_decay) if epoch >= self.start_epoch else 0.0
         live, averaged = dict(model.named_parameters()), dict(self.model.named_parameters())
         for name in self.trained:

@@ -1,4 +1,4 @@
-"""The fetch stage, first in the DAG: the external weights the scale needs (coda/inputs.py says which,
+"""The fetch stage, first in the DAG: the external weights the scale needs (coda/external_inputs.py says which,
 from where, and with which checksum), downloaded once and verified, so nothing downloads mid-training.
 
 For each external input that has a source:
@@ -9,7 +9,7 @@ For each external input that has a source:
   cache's file, or a folder of them);
 - present: checked again, from the local files alone (a hub file against the checksum the hub
   published for it, which names its blob in the cache; the Inception file against the sha256 pinned
-  in coda/inputs.py);
+  in coda/external_inputs.py);
 - missing, offline (``HF_HUB_OFFLINE=1``): nothing is downloaded, and the run is refused with the
   list of everything missing.
 
@@ -25,12 +25,12 @@ import os
 import re
 from pathlib import Path
 
+from .external_inputs import (ExternalInput, HubFiles, MissingInputsError, UrlFile, check_external_inputs,
+                              external_inputs, offline)
 from .files import UnreadableFileError, file_sha256, write_json
-from .inputs import (ExternalInput, HubFiles, MissingInputsError, UrlFile, check_external_inputs, external_inputs,
-                     offline)
 
 HUB_CHECK = {64: "sha256 published by the hub", 40: "git hash published by the hub"}
-PINNED_CHECK = "sha256 pinned in coda/inputs.py"
+PINNED_CHECK = "sha256 pinned in coda/external_inputs.py"
 OWN_FILE = "none: your own file"
 
 
@@ -42,8 +42,9 @@ class DownloadError(OSError):
     """A download could not be made (no network, a gated or missing repository)."""
 
 
-def fetch(params: dict, record: str | Path) -> dict:
-    """Fetch and check every external input of this run with a source; write and return the record.
+def fetch(params: dict, out: str | Path) -> dict:
+    """Fetch and check every external input of this run with a source; write the record to ``out`` and
+    return it.
 
     Raises MissingInputsError listing what is still missing (offline, or a download that failed),
     ChecksumError on the first file that does not match its checksum."""
@@ -60,7 +61,7 @@ def fetch(params: dict, record: str | Path) -> dict:
                                  "fetched (nothing was recorded):\n" + "\n".join(failed))
     check_external_inputs(params, present=True)  # offline, a missing one is refused here, with what to do
     content = {"scale": params["scale"], "inputs": entries}
-    write_json(record, content)
+    write_json(out, content)
     for entry in entries:
         print(f"{entry['where']}: {entry['sha256'][:12]} ({entry['check']})")
     return content

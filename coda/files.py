@@ -1,9 +1,12 @@
 """Writing files safely, reading them with a clear error, and the provenance every artifact
 records: the one place for all three.
 
-``atomic_path`` is how every stage writes a file: into a temporary name beside the target, moved
-onto it only when the write finished, so a crash leaves the old file or the new one, never a
-torn one, and a resumed stage can trust whatever it finds.
+``atomic_path`` (and ``write_text`` / ``write_json`` over it) is how a stage writes a file: into a
+temporary name beside the target, moved onto it only when the write finished, so a crash leaves
+the old file or the new one, never a torn one, and a resumed stage can trust whatever it finds.
+Two kinds of writes do not go through it, on purpose: logs that grow line by line (train_log.tsv:
+a resumed run first cuts it back to its checkpoint's step), and folders a library writes
+(diffusers' ``save_pretrained`` in the vae stage) into an output the engines remove before a rerun.
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+from .errors import UserError
 
 # The distributions whose versions change numbers: recorded beside every artifact.
 LIBRARIES = ("coda", "torch", "diffusers", "peft", "numpy", "pillow", "scikit-image", "torch-fidelity", "lpips")
@@ -89,7 +94,7 @@ def out_of_space(error: BaseException) -> str | None:
     return None
 
 
-class UnreadableFileError(ValueError):
+class UnreadableFileError(UserError, ValueError):
     """A file exists but cannot be read as what it should be: truncated, corrupt or another format."""
 
 

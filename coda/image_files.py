@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from .data.bad_images import BadImage, reporting
 from .data.framing import Framing, fit_to_square
 from .data.images import is_image_name, list_files, open_rgb
+from .devices import pick_device
 from .evaluation.metrics import psnr_uint8
 from .files import UnreadableFileError, atomic_path, reading
 from .pixels import array_to_tensor, to_uint8
@@ -48,7 +49,7 @@ def load_tokenizer(directory, device: str | None, posterior: str | None = None) 
     tokenizer = Tokenizer.from_pretrained(directory)
     if posterior is not None:
         tokenizer.posterior = posterior
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(pick_device(device))
     return tokenizer.to(device), tokenizer_sha256(tokenizer, directory), device
 
 

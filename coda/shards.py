@@ -21,9 +21,8 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .artifacts import MANIFEST
 from .files import atomic_path, reading, write_json
-
-MANIFEST = "manifest.json"
 
 
 def shard_name(split: str, index: int) -> str:

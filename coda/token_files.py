@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .artifacts import MANIFEST
 from .files import write_json
-from .shards import MANIFEST, prepare_shard_directory, read_manifest, read_split, write_shards
+from .shards import prepare_shard_directory, read_manifest, read_split, write_shards
 
 STATE = "tokens_state.json"
 FORMAT = "coda-token-shards/1"

@@ -19,14 +19,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
+from .artifacts import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 from .files import UnreadableFileError, atomic_path, file_sha256, reading, write_json
 from .lora import add_lora
 from .quantizers import QuantizerOutput, build_quantizer
 from .vae import LATENT_MODES, ContinuousVAE
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-CARD_NAME = "README.md"
 READ_WHAT = "tokenizer directory (config.json + model.safetensors)"
 READ_REMEDY = "rerun the train stage that wrote it, or point to another tokenizer directory"
 PAPER_URL = "https://arxiv.org/abs/2503.17760"

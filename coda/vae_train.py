@@ -24,6 +24,7 @@ from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
+from .artifacts import CARD_NAME, PROVENANCE, TRAIN_LOG, TRAIN_NPY, VAE_DIR
 from .files import file_sha256, library_versions, write_json
 from .schedule import learning_rate
 from .vae import ContinuousVAE
@@ -48,15 +49,15 @@ def jitter_colours(images: torch.Tensor, *, gain: float, offset: float, generato
 def train_small_vae(dataset, out_dir: str | Path, *, architecture: dict, steps: int, batch_size: int,
                     lr: float = 1e-3, warmup: int = 50, kl_weight: float = 1e-6, mse_weight: float = 1.0,
                     seed: int = 0, flip: bool = False, colour_jitter: dict | None = None,
-                    num_workers: int = 0) -> ContinuousVAE:
+                    num_workers: int = 0) -> tuple[ContinuousVAE, dict]:
     """Fit ``ContinuousVAE.small(**architecture)`` on ``dataset`` (images in [-1, 1]) and save it.
 
-    Writes ``out_dir/vae`` (diffusers ``save_pretrained``), ``out_dir/train_log.tsv`` and
-    ``out_dir/vae_info.json``. ``flip``: mirror each image left-right with probability 1/2 (drawn
-    from the run's generator). ``colour_jitter``: ``jitter_colours``' gain and offset, applied after
-    the flip (the bundled training photos hold few colours). The latent scale factor is then set from
-    the training data so the normalised latent has unit variance, as the paper's VAEs' factors were
-    chosen.
+    Writes ``out_dir/vae`` (diffusers ``save_pretrained``) and ``out_dir/train_log.tsv``; returns the
+    VAE and the run's settings (the vae stage records them in its ``vae_info.json``). ``flip``: mirror
+    each image left-right with probability 1/2 (drawn from the run's generator). ``colour_jitter``:
+    ``jitter_colours``' gain and offset, applied after the flip (the bundled training photos hold few
+    colours). The latent scale factor is then set from the training data so the normalised latent has
+    unit variance, as the paper's VAEs' factors were chosen.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -67,7 +68,7 @@ def train_small_vae(dataset, out_dir: str | Path, *, architecture: dict, steps: 
     generator = torch.Generator().manual_seed(seed)
     sampler = RandomSampler(dataset, replacement=True, num_samples=steps * batch_size, generator=generator)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True)
-    log = open(out_dir / "train_log.tsv", "w")
+    log = open(out_dir / TRAIN_LOG, "w")
     log.write("step\tlr\tloss\tl1\tmse\tkl\timages_per_s\n")
     bar = tqdm(total=steps, desc="train vae", unit="step", mininterval=10)
     start = time.perf_counter()
@@ -99,12 +100,11 @@ def train_small_vae(dataset, out_dir: str | Path, *, architecture: dict, steps: 
     vae.eval()
     scale = latent_scale_factor(vae, dataset, batch_size)
     vae.autoencoder.register_to_config(scaling_factor=scale, shift_factor=None)
-    vae.autoencoder.save_pretrained(out_dir / "vae")
-    info = {"architecture": architecture, "steps": steps, "batch_size": batch_size, "lr": lr,
-            "kl_weight": kl_weight, "flip": flip, "colour_jitter": colour_jitter, "scaling_factor": scale,
-            "seed": seed}
-    write_json(out_dir / "vae_info.json", info)
-    return ContinuousVAE.from_pretrained(out_dir / "vae")
+    vae.autoencoder.save_pretrained(out_dir / VAE_DIR)
+    settings = {"architecture": architecture, "steps": steps, "batch_size": batch_size, "lr": lr,
+                "kl_weight": kl_weight, "flip": flip, "colour_jitter": colour_jitter, "scaling_factor": scale,
+                "seed": seed}
+    return ContinuousVAE.from_pretrained(out_dir / VAE_DIR), settings
 
 
 @torch.no_grad()
@@ -121,7 +121,6 @@ def latent_scale_factor(vae: ContinuousVAE, dataset, batch_size: int, max_images
 
 
 # ---- a pretrained VAE, built once and shipped -----------------------------------------------------
-PROVENANCE = "provenance.json"
 WEIGHTS = SAFETENSORS_WEIGHTS_NAME  # what save_pretrained writes
 
 
@@ -134,7 +133,7 @@ def pretrain_vae(recipe: dict, resolution: int, out_dir: str | Path, *, command:
     With the same recipe, library versions and thread count the weights are the same bit for bit
     (the provenance records all three). ``out_dir`` is replaced only when everything is written.
     """
-    from .data import prepare_demo
+    from .data.demo import prepare_demo
     from .data.datasets import train_dataset
 
     out_dir = Path(out_dir)
@@ -145,15 +144,14 @@ def pretrain_vae(recipe: dict, resolution: int, out_dir: str | Path, *, command:
         prepared = prepare_demo(tmp / "prepared", resolution=resolution, crops_per_val_photo=1,
                                 on_bad_image="error", **recipe["prepare"])
         start = time.perf_counter()
-        train_small_vae(train_dataset(tmp / "prepared"), tmp / "run", architecture=recipe["architecture"],
-                        **recipe["train"])
+        _, info = train_small_vae(train_dataset(tmp / "prepared"), tmp / "run", architecture=recipe["architecture"],
+                                  **recipe["train"])
         seconds = time.perf_counter() - start
-        staging = tmp / "run" / "vae"  # the diffusers folder train_small_vae saved, completed in place
-        shutil.move(tmp / "run" / "train_log.tsv", staging / "train_log.tsv")
-        info = json.loads((tmp / "run" / "vae_info.json").read_text())
+        staging = tmp / "run" / VAE_DIR  # the diffusers folder train_small_vae saved, completed in place
+        shutil.move(tmp / "run" / TRAIN_LOG, staging / TRAIN_LOG)
         provenance = {
             "recipe": recipe, "resolution": resolution, "command": command, **_git_state(),
-            "train_data": {"sha256": file_sha256(tmp / "prepared" / "train.npy"),
+            "train_data": {"sha256": file_sha256(tmp / "prepared" / TRAIN_NPY),
                            "crops": prepared["counts"]["train"],
                            "photos": [p["name"] for p in prepared["train_photos"]],
                            "held_out_photos": [p["name"] for p in prepared["val_photos"]]},
@@ -162,7 +160,7 @@ def pretrain_vae(recipe: dict, resolution: int, out_dir: str | Path, *, command:
             "weights_sha256": file_sha256(staging / WEIGHTS), "versions": library_versions(),
         }
         write_json(staging / PROVENANCE, provenance)
-        (staging / "README.md").write_text(_model_card(provenance))
+        (staging / CARD_NAME).write_text(_model_card(provenance))
         for path in [staging, *staging.iterdir()]:  # the temporary directory's owner-only modes
             path.chmod(0o755 if path.is_dir() else 0o644)
         if out_dir.exists():

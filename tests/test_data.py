@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from coda.data import prepare_demo, prepare_folder
 from coda.data.datasets import class_labels
+from coda.data.demo import prepare_demo
+from coda.data.folder import prepare_folder
 from coda.data.bad_images import REASONS, BadImage, BadImageError, BadImageReport, reporting
-from coda.data.crops import CROPS, adm_crop, center_crop, train_crop
+from coda.data.crops import CROPS, adm_crop, center_crop, release_crop, train_crop
 from coda.data.images import list_files, open_rgb, probe_image, read_rgb
 from coda.data.layout import npy_rows
 
@@ -202,6 +203,23 @@ def test_center_crop_is_lanczos_centre():
     img = Image.fromarray(noise(60, 90, 4))
     ref = np.asarray(img.resize((48, 32), resample=Image.LANCZOS))[:, 8:40]
     np.testing.assert_array_equal(center_crop(img, 32), ref)
+
+
+def test_release_crop_is_the_training_transform_on_a_fixed_random_crop():
+    """The release evaluates on Resize(288) + RandomCrop(256) of each validation image: here the short
+    side to 1.125 x res (Lanczos) and a res crop at a position drawn from the image's own pixels."""
+    img = Image.fromarray(noise(60, 90, 6))
+    crop = release_crop(img, 32)
+    resized = np.asarray(img.resize((54, 36), resample=Image.LANCZOS))  # short side 36 = 1.125 x 32
+    positions = [(top, left) for top in range(5) for left in range(23)
+                 if np.array_equal(resized[top:top + 32, left:left + 32], crop)]
+    assert len(positions) == 1 and positions != [(2, 11)]  # one crop of the resized image, not its centre
+    np.testing.assert_array_equal(release_crop(img.copy(), 32), crop)  # the same image: the same crop
+    others = [release_crop(Image.fromarray(noise(60, 90, s)), 32) for s in range(7, 11)]
+    tops_lefts = {next((t, l) for t in range(5) for l in range(23) if np.array_equal(
+        np.asarray(Image.fromarray(noise(60, 90, s)).resize((54, 36), resample=Image.LANCZOS))[t:t + 32, l:l + 32], o))
+        for s, o in zip(range(7, 11), others)}
+    assert len(tops_lefts) > 1  # positions vary between images
 
 
 def test_train_crop_deterministic():

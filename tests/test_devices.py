@@ -95,3 +95,26 @@ def test_cards_named_by_uuid_are_claimed_as_named(tmp_path, cards):
     (tmp_path / "release").touch()
     assert holder.stdout.readline().split() == [cards, cards]
     assert holder.wait(timeout=60) == 0
+
+
+def test_a_job_of_n_processes_claims_n_cards_at_once_or_says_it_has_too_few(monkeypatch, tmp_path):
+    from coda import devices
+    from coda.devices import TooFewCardsError
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    with pytest.raises(TooFewCardsError, match="runs 4 training processes, one per GPU, but sees 3"):
+        devices.claim_gpu(4, lock_dir=tmp_path / "locks", wait_s=0)
+    holder = start_claimer(tmp_path, "0,1,2")  # holds card 0
+    try:
+        assert holder.stdout.readline().split()[0] == "0"
+        with pytest.raises(RuntimeError, match="fewer than 3 of the 3 GPU"):
+            devices.claim_gpu(3, lock_dir=tmp_path / "locks", wait_s=0)
+        monkeypatch.setattr(devices, "_claimed", [])
+        assert devices.claim_gpu(2, lock_dir=tmp_path / "locks", wait_s=0) == "1,2"
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "1,2"
+    finally:
+        (tmp_path / "release").touch()
+        holder.wait(timeout=60)
+        for handle in devices._claimed:
+            handle.close()

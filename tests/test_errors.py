@@ -11,7 +11,7 @@ from PIL import Image
 from coda.cli import main
 from coda.files import UnreadableFileError
 from coda.tokenizer import Tokenizer
-from test_pipeline import ROOT
+from helpers import ROOT
 
 
 def write_params(tmp_path, **changes):
@@ -85,12 +85,12 @@ def test_a_corrupt_tokenizer_directory_is_named(tmp_path):
 
 def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    import coda.cli
+    import coda.stages.report
 
-    def broken(args, params):
+    def broken(params, **paths):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setitem(coda.cli.COMMANDS, "report", (broken, *coda.cli.COMMANDS["report"][1:]))
+    monkeypatch.setattr(coda.stages.report, "report", broken)
     with pytest.raises(ZeroDivisionError):
         main(["report", "--reported", "r", "--prepared", "p", "--train", "t", "--eval", "e", "--out", str(tmp_path)])
 

@@ -389,7 +389,7 @@ def test_reference_file_gives_the_paired_pass_numbers(val_npy, reference_file, t
 
 def test_a_reference_of_other_images_or_weights_is_refused_before_any_model_loads(
         val_npy, reference_file, test_only_inception_weights, tmp_path):
-    from coda.cli import user_errors
+    from coda.errors import UserError
     from coda.evaluation.reference import StaleReferenceError
 
     other = tmp_path / "other_val.npy"
@@ -398,7 +398,7 @@ def test_a_reference_of_other_images_or_weights_is_refused_before_any_model_load
             pytest.raises(StaleReferenceError, match="another validation set") as error:
         evaluate_distortion(other, gaussian_noise(0.1), reference_file=reference_file)
     assert "\n" not in str(error.value) and "coda reference" in str(error.value)
-    assert isinstance(error.value, user_errors())  # the CLI prints it as one line, exit status 2
+    assert isinstance(error.value, UserError) and error.value.exit_status == 2  # the CLI prints it as one line
     with pytest.raises(StaleReferenceError, match="first 4 validation images, this evaluation reads 3"):
         evaluate_distortion(val_npy, gaussian_noise(0.1), reference_file=reference_file, max_images=3)
     state = torch.load(test_only_inception_weights, weights_only=True)
@@ -484,7 +484,8 @@ def test_release_float_protocol_feeds_inception_pytorch_fids_input_and_is_record
 def test_reference_command_writes_the_file_the_evaluations_read(val_npy, tmp_path):
     """`coda reference` at the tiny scale: VGG16 statistics of the first max_images, no Inception weights."""
     from coda.cli import main
-    from coda.evaluation.reference import REFERENCE_FILE, reference_metadata
+    from coda.artifacts import REFERENCE_FILE
+    from coda.evaluation.reference import reference_metadata
 
     prepared = tmp_path / "prepared"
     prepared.mkdir()

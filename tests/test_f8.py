@@ -13,7 +13,7 @@ from coda.config import ParamsError, experiment_config, load_params, scale_exper
 from coda.losses import adaptive_weight_layer
 from coda.lora import add_lora, lora_target_names
 from coda.vae import ContinuousVAE
-from test_pipeline import ROOT
+from helpers import ROOT
 
 
 @pytest.fixture(scope="module")

@@ -11,24 +11,25 @@ import pytest
 import torch
 from huggingface_hub import constants
 
-from coda import inputs
+from coda import external_inputs
 from coda.cli import main
 from coda.config import load_params
-from coda.fetch import ChecksumError, fetch
 from coda.compat.release import RELEASED_FILES, RELEASED_REPO
-from coda.inputs import DINO_VITS16, MAR_KL16, MissingInputsError, UrlFile
+from coda.fetch import ChecksumError, fetch
+from coda.external_inputs import DINO_VITS16, MAR_KL16, MissingInputsError, UrlFile
 
 sys.path.insert(0, str(Path(__file__).parent))
+from helpers import ROOT  # noqa: E402
 from test_hub import add_to_cache  # noqa: E402
-from test_pipeline import ROOT  # noqa: E402
 
-INCEPTION_NAME = inputs.INCEPTION.url.rsplit("/", 1)[1]
+INCEPTION_NAME = external_inputs.INCEPTION.url.rsplit("/", 1)[1]
 
 
 def test_the_inception_url_is_torch_fidelitys():
     from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
-    assert inputs.INCEPTION.url == URL_INCEPTION_V3 and inputs.INCEPTION.sha256.startswith(INCEPTION_NAME[-12:-4])
+    pinned = external_inputs.INCEPTION
+    assert pinned.url == URL_INCEPTION_V3 and pinned.sha256.startswith(INCEPTION_NAME[-12:-4])
 
 
 def test_demo_and_tiny_fetch_nothing(tmp_path):
@@ -55,8 +56,8 @@ def paper(tmp_path, monkeypatch):
     source = tmp_path / "source" / INCEPTION_NAME
     source.parent.mkdir()
     source.write_bytes(b"inception weights standing in for torch-fidelity's")
-    monkeypatch.setattr(inputs, "INCEPTION", UrlFile(source.as_uri(), hashlib.sha256(source.read_bytes()).hexdigest(),
-                                                     source.stat().st_size))
+    monkeypatch.setattr(external_inputs, "INCEPTION",
+                        UrlFile(source.as_uri(), hashlib.sha256(source.read_bytes()).hexdigest(), source.stat().st_size))
     params = load_params(ROOT / "params.yaml", scale="imagenet")
     params["scales"]["imagenet"]["extra_vaes"] = {}  # the f16 row's weights; the FLUX VAE is one more hub VAE
     return {"params": params, "cache": cache, "tmp": tmp_path, "run": run,
@@ -102,7 +103,7 @@ def no_downloads(monkeypatch):
 def test_offline_a_missing_weight_is_refused_up_front_and_nothing_downloads(paper, monkeypatch):
     no_downloads(monkeypatch)
     params = paper["params"]
-    for check in (lambda: inputs.check_external_inputs(params),
+    for check in (lambda: external_inputs.check_external_inputs(params),
                   lambda: fetch(params, "work/imagenet/fetched.json")):
         with pytest.raises(MissingInputsError) as error:
             check()
@@ -117,12 +118,12 @@ def test_offline_a_missing_weight_is_refused_up_front_and_nothing_downloads(pape
 
 def test_online_the_check_lets_the_weights_fetch_will_get_be_missing(paper, monkeypatch):
     go_offline(monkeypatch, False)
-    inputs.check_external_inputs(paper["params"])  # the fetch stage, first, will get them
+    external_inputs.check_external_inputs(paper["params"])  # the fetch stage, first, will get them
     with pytest.raises(MissingInputsError, match="run `coda fetch --scale imagenet` \\(the pipeline's first stage\\)"):
-        inputs.check_external_inputs(paper["params"], present=True)  # what fetch checks at its end
+        external_inputs.check_external_inputs(paper["params"], present=True)  # what fetch checks at its end
     Path("data/imagenet/val").rmdir()
     with pytest.raises(MissingInputsError, match="(?s)1 external input.*data/imagenet/val"):
-        inputs.check_external_inputs(paper["params"])  # ImageNet is never fetched
+        external_inputs.check_external_inputs(paper["params"])  # ImageNet is never fetched
 
 
 def populate_cache(paper) -> dict:
@@ -132,7 +133,7 @@ def populate_cache(paper) -> dict:
     add_to_cache(paper["cache"], MAR_KL16.repo_id, mar, "main")
     commit = add_to_cache(paper["cache"], DINO_VITS16.repo_id, dino, "main")
     paper["inception"].parent.mkdir(parents=True)
-    paper["inception"].write_bytes(Path(inputs.INCEPTION.url[len("file://"):]).read_bytes())
+    paper["inception"].write_bytes(Path(external_inputs.INCEPTION.url[len("file://"):]).read_bytes())
     return {"mar": mar, "dino": dino, "dino_commit": commit}
 
 
@@ -153,14 +154,15 @@ def test_offline_fetch_checks_the_cached_weights_links_them_and_records_them(pap
     assert by_where["weights/dino-vits16/config.json"]["check"] == "git hash published by the hub"
     assert by_where["weights/dino-vits16/pytorch_model.bin"]["from"] == \
         f"hf://facebook/dino-vits16@{hub['dino_commit']}/pytorch_model.bin"
-    assert by_where[f"torch hub cache: checkpoints/{INCEPTION_NAME}"]["check"] == "sha256 pinned in coda/inputs.py"
+    assert by_where[f"torch hub cache: checkpoints/{INCEPTION_NAME}"]["check"] == \
+        "sha256 pinned in coda/external_inputs.py"
     # weights/ links into the cache, and what the pipeline reads there is what the hub published
     assert Path("weights/kl16.safetensors").is_symlink()
     assert Path("weights/kl16.safetensors").read_bytes() == (hub["mar"] / "kl16.safetensors").read_bytes()
     from coda.discriminators.dino import load_dino_backbone
 
     assert load_dino_backbone("weights/dino-vits16").config.hidden_size == 32
-    inputs.check_external_inputs(paper["params"], present=True)  # every later stage finds its inputs
+    external_inputs.check_external_inputs(paper["params"], present=True)  # every later stage finds its inputs
     assert fetch(paper["params"], "work/imagenet/fetched.json") == record  # the same record again: nothing reruns
 
 
@@ -188,7 +190,7 @@ def test_online_fetch_downloads_each_missing_file_once(paper, monkeypatch):
                                     (DINO_VITS16.repo_id, "pytorch_model.bin"),
                                     *((RELEASED_REPO, name) for name in RELEASED_FILES["f16"])])
     # the Inception file came through torch.hub's own download function, from its file:// URL
-    assert paper["inception"].read_bytes() == Path(inputs.INCEPTION.url[len("file://"):]).read_bytes()
+    assert paper["inception"].read_bytes() == Path(external_inputs.INCEPTION.url[len("file://"):]).read_bytes()
     assert not list(paper["inception"].parent.glob("*.partial"))
     released = [e for e in record["inputs"] if e["where"].startswith(f"HF cache: {RELEASED_REPO}/")]
     assert [e["check"] for e in released] == ["sha256 published by the hub"] * 2
@@ -229,7 +231,8 @@ def test_a_bad_download_never_reaches_its_place(paper, monkeypatch):
     go_offline(monkeypatch, False)
     populate_cache(paper)
     paper["inception"].unlink()
-    monkeypatch.setattr(inputs, "INCEPTION", UrlFile(inputs.INCEPTION.url, "0" * 64, inputs.INCEPTION.size))
+    pinned = external_inputs.INCEPTION
+    monkeypatch.setattr(external_inputs, "INCEPTION", UrlFile(pinned.url, "0" * 64, pinned.size))
     with pytest.raises(ChecksumError) as error:
         fetch(paper["params"], "work/imagenet/fetched.json")
     assert "\n" not in str(error.value) and "not written" in str(error.value)
@@ -243,7 +246,7 @@ def test_no_network_and_gated_repositories_say_what_to_do(paper, monkeypatch):
 
     go_offline(monkeypatch, False)
     paper["inception"].parent.mkdir(parents=True)
-    paper["inception"].write_bytes(Path(inputs.INCEPTION.url[len("file://"):]).read_bytes())
+    paper["inception"].write_bytes(Path(external_inputs.INCEPTION.url[len("file://"):]).read_bytes())
     paper["params"]["scales"]["imagenet"]["vae"] = {"source": "pretrained", "path": "black-forest-labs/FLUX.1-dev"}
 
     def hf_hub_download(repo_id, filename, **kwargs):
@@ -262,7 +265,7 @@ def test_no_network_and_gated_repositories_say_what_to_do(paper, monkeypatch):
     # offline, the up-front refusal says the same about logging in
     go_offline(monkeypatch, True)
     with pytest.raises(MissingInputsError, match="FLUX.1-dev is gated: accept its licence"):
-        inputs.check_external_inputs(paper["params"])
+        external_inputs.check_external_inputs(paper["params"])
 
 
 def test_your_own_files_are_recorded_and_never_replaced(paper, monkeypatch):

@@ -131,3 +131,50 @@ def test_duplicate_share_counts_samples_equal_to_a_training_item():
     assert duplicate_share(coarse, train, num_scales=2) == pytest.approx(2 / 3)
     coarse[2][0] = (coarse[2][0] + 1) % 16
     assert duplicate_share(coarse, train) == pytest.approx(1 / 3) and duplicate_share(coarse, train, 2) == 2 / 3
+
+
+RUNNER = '''
+import os, sys, torch
+from safetensors.torch import save_file
+sys.path.insert(0, sys.argv[2])
+from test_generation_train import ToyTokens, model_for, settings
+from coda.generation.train import fit
+cfg = settings(max_steps=3, drop_path=0.2)
+run = fit(cfg, model_for(cfg), ToyTokens(), sys.argv[1])
+rank = int(os.environ.get("RANK", "0"))  # fit has left the process group by now
+save_file({k: v.contiguous() for k, v in run.model.state_dict().items()}, f"{sys.argv[1]}/weights-rank{rank}.safetensors")
+'''
+
+
+def test_two_processes_match_one_process_bit_for_bit(tmp_path):
+    """global batch 8: 2 ranks x 4 items vs 1 process x 2 micro-batches of 4 (drop path and class
+    dropout seeded per micro-batch), under torchrun with gloo."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    runner = tmp_path / "runner.py"
+    runner.write_text(RUNNER)
+    tests = str(Path(__file__).resolve().parent)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(runner), str(tmp_path / "two"), tests], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
+    one = subprocess.run([sys.executable, str(runner), str(tmp_path / "one"), tests], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    rank0, rank1, single = (load_file(tmp_path / d / f"weights-rank{r}.safetensors")
+                            for d, r in (("two", 0), ("two", 1), ("one", 0)))
+    for name in single:
+        assert torch.equal(rank0[name], rank1[name]) and torch.equal(rank0[name], single[name]), name
+
+
+def test_bf16_autocast_trains(tmp_path):
+    cfg = settings(max_steps=3, bf16=True)
+    losses = []
+    fit(cfg, model_for(cfg), ToyTokens(), tmp_path, on_step=lambda step, v: losses.append(v["loss"]))
+    assert len(losses) == 3 and all(0 < loss < 10 for loss in losses)

@@ -172,7 +172,7 @@ def test_released_checkpoints_load_by_hub_repo_and_variant_offline(tmp_path, off
     from coda.config import experiment_config, load_params
     from coda.compat.release import RELEASED_REPO
     from coda.train.stage import save_released
-    from test_pipeline import ROOT
+    from helpers import ROOT
 
     local = release_layout(tmp_path / "release", monkeypatch)
     add_to_cache(offline_cache, RELEASED_REPO, tmp_path / "release", "main")

@@ -8,7 +8,8 @@ results/table1.csv, on stand-ins for everything a user brings, each in the form 
 - weights/dino-vits16: a random ViT-S/16 in facebook/dino-vits16's layout.
 
 params.yaml's paper scale is used as it is (256 px, V = 16384 / 65536, the release's scales, LoRA
-targets, DINO discriminator) except for the run size: one optimizer step of 2 images per experiment
+targets, DINO discriminator, the release's 8-process train jobs as planned) except for the run size:
+one optimizer step of 2 images per experiment on 2 processes (gloo; the dry run plans the shipped 8)
 and 2 validation images (a CPU cannot take the 512- and 288-image steps), no Inception weights (none
 offline: rFID is reported missing) and no rate-distortion decodes (unit-tested in test_evaluate.py;
 here they were two thirds of the run).
@@ -16,6 +17,7 @@ here they were two thirds of the run).
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -23,10 +25,12 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import BIN, pipeline_copy, planned_jobs, run, set_param
 from test_data import make_bad, save, smooth
 from test_discriminators import _legacy_keys, _random_vit
-from test_inputs import put_in_hf_cache
-from test_pipeline import BIN, pipeline_copy, planned_jobs, run, set_param
+from test_external_inputs import put_in_hf_cache
+
+pytestmark = pytest.mark.slow  # the whole paper path, end to end
 
 ROWS = ["coda", "ablate_vq", "ablate_rvq", "ablate_attn", "coda_f8"]
 SIZES = [(300, 400), (256, 256), (512, 341), (200, 180)]  # (height, width): larger, exact, smaller than 256
@@ -89,20 +93,35 @@ def paper_run(tmp_path_factory):
                        "scales.imagenet.experiments.coda_f8.train.batch_size": 1,
                        "scales.imagenet.experiments.coda_f8.train.global_batch": 2,
                        "scales.imagenet.evaluate.max_images": 2,
+                       # no GPU here: the CPU asked for explicitly (scales.imagenet.require_gpu refuses `auto`)
+                       "scales.imagenet.experiment.train.device": "cpu",
                        # no Inception weights offline (rFID is reported missing), no rate-distortion decodes
                        "scales.imagenet.evaluate.require_rfid": False, "evaluate.progressive": "none"}.items():
         set_param(work, key, value)
     mp = pytest.MonkeyPatch()
     mp.setenv("HF_HUB_CACHE", str(tmp / "hf"))  # test_pipeline.run passes os.environ on, with HF_HUB_OFFLINE=1
+    mp.setenv("CUDA_VISIBLE_DEVICES", "")  # no card: the train jobs' ranks run on the CPU (gloo)
     command = [str(BIN / "snakemake"), "--cores", "2", "results/table1.csv", "--config", "scale=imagenet"]
+    shipped = run(command + ["-n"], work).stdout  # train.processes as shipped: the release's 8
+    set_param(work, "scales.imagenet.experiment.train.processes", 2)  # run at 2 processes
+    set_param(work, "scales.imagenet.threads", 1)  # of each process: the shipped 8 would oversubscribe 2 cores
     planned = planned_jobs(run(command + ["-n"], work).stdout)
     run(command, work, timeout=3000)
-    yield work, planned
+    yield work, planned, shipped
     mp.undo()
 
 
+def test_train_jobs_plan_eight_processes_and_run_at_two(paper_run):
+    work, _, shipped = paper_run
+    assert len(re.findall(r"^\s*resources: .*\bgpu=8\b", shipped, flags=re.M)) == len(ROWS)  # one per train job
+    for name in ROWS:
+        record = json.loads((work / f"work/imagenet/train/{name}/run.json").read_text())
+        assert (record["world_size"], record["grad_accum"], record["global_batch"]) == (2, 1, 2), name
+        assert record["config"]["train"]["lr_schedule_span"] == 8
+
+
 def test_both_rows_and_both_ceilings_reach_table1(paper_run):
-    work, planned = paper_run
+    work, planned, _ = paper_run
     assert planned["train"] == "5" and planned["evaluate"] == "5" and planned["evaluate_vae"] == "1"
     table = pd.read_csv(work / "results/table1.csv")
     computed = table[table["source"] == "computed"].set_index("experiment")
@@ -122,7 +141,7 @@ def test_both_rows_and_both_ceilings_reach_table1(paper_run):
 
 
 def test_the_real_paths_ran(paper_run):
-    work, _ = paper_run
+    work, _, _ = paper_run
     root = work / "work/imagenet"
     report = json.loads((root / "prepared/prepare_report.json").read_text())
     assert report["train"]["skipped"] >= 3 and report["val"]["skipped"] == 1   # the bad files, reported

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
@@ -13,44 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-PIPELINE_FILES = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "profiles", "references", "models", "coda",
-                  "pyproject.toml"]
-
-
-def pipeline_copy(tmp_path: Path, scale: str | None = None) -> Path:
-    """The pipeline files in a fresh git + DVC repository (the package runs from the venv)."""
-    work = tmp_path / "repo"
-    work.mkdir()
-    for name in PIPELINE_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, work / name)
-    if scale:
-        params = (work / "params.yaml").read_text()
-        (work / "params.yaml").write_text(re.sub(r"^scale: \w+", f"scale: {scale}", params, flags=re.M))
-    run(["git", "init", "-q"], work)
-    run([str(BIN / "dvc"), "init", "-q"], work)
-    run([str(BIN / "dvc"), "config", "core.analytics", "false"], work)
-    return work
-
-
-def env() -> dict:
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
-            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-
-
-def run(cmd, cwd, check=True, timeout=900):
-    result = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({result.returncode}):\n"
-                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
+from helpers import BIN, ROOT, env, pipeline_copy, planned_jobs, run, set_param
 
 TARGET_RULES = ("all", "tokens")  # the Snakefile's targets: inputs only, no stage of their own
 
@@ -114,64 +76,6 @@ def test_engines_agree_on_stages_commands_outputs(tmp_path, scale):
                 f"{name}: DVC dep {dep} is not a Snakemake input"
 
 
-def stage_imports() -> dict[str, set[str]]:
-    """Every coda module a stage's command can import, following imports inside functions too."""
-    import ast
-
-    def module_file(name):
-        path = ROOT.joinpath(*name.split("."))
-        return next((p for p in (path / "__init__.py", path.with_suffix(".py")) if p.is_file()), None)
-
-    def imports(node, module, is_package):
-        package = module if is_package else module.rsplit(".", 1)[0]
-        found = set()
-        for n in ast.walk(node):
-            if isinstance(n, ast.Import):
-                found |= {a.name for a in n.names if a.name.startswith("coda")}
-            elif isinstance(n, ast.ImportFrom):
-                base = package.split(".")[:len(package.split(".")) - n.level + 1] if n.level else []
-                name = ".".join(base + ([n.module] if n.module else []))
-                if name.startswith("coda"):
-                    found |= {name} | {f"{name}.{a.name}" for a in n.names if module_file(f"{name}.{a.name}")}
-        return found
-
-    def closure(start):
-        seen, todo = set(), list(start)
-        while todo:
-            name = todo.pop()
-            path = module_file(name)
-            if name in seen or path is None:
-                continue
-            seen.add(name)
-            parts = name.split(".")
-            todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages run first
-            todo += imports(ast.parse(path.read_text()), name, path.name == "__init__.py")
-        return seen
-
-    cli = ast.parse((ROOT / "coda/cli.py").read_text())
-    top = imports(ast.Module([n for n in cli.body if isinstance(n, (ast.Import, ast.ImportFrom))], []),
-                  "coda.cli", False)
-    commands = {n.name[4:]: n for n in cli.body if isinstance(n, ast.FunctionDef) and n.name.startswith("cmd_")}
-    return {stage: {str(module_file(m).relative_to(ROOT)) for m in closure(top | imports(fn, "coda.cli", False))}
-                   | {"coda/cli.py"}
-            for stage, fn in commands.items()}
-
-
-# They decide where and whether a stage runs, not what it computes: a change reruns nothing.
-NOT_RESULT_CODE = {"coda/devices.py", "coda/inputs.py"}
-
-
-def test_every_stage_depends_on_the_code_it_runs():
-    """A change in any module a stage imports reruns it: dvc.yaml lists it (Snakemake derives its inputs)."""
-    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for stage, modules in stage_imports().items():
-        modules -= NOT_RESULT_CODE
-        for name in [stage] + (["evaluate_vae"] if stage == "evaluate" else []):
-            deps = [Path(d) for d in dvc[name].get("do", dvc[name])["deps"]]
-            missing = sorted(m for m in modules if not any(Path(m).is_relative_to(d) for d in deps))
-            assert not missing, f"dvc.yaml stage {name} runs {missing} but does not depend on them"
-
-
 def test_every_rule_tracks_the_params_dvc_declares():
     """Rules pass tracked('<stage>') (values of dvc.yaml's keys), so both engines rerun alike."""
     rules = "".join(p.read_text() for p in (ROOT / "workflow/rules").glob("*.smk"))
@@ -184,6 +88,8 @@ def test_every_rule_tracks_the_params_dvc_declares():
         assert f'params: values=tracked("{name}")' in body, name
         assert "log:" in body and "conda:" in body, f"rule {name} needs log: and conda: (snakemake --lint)"
         assert dvc[name].get("do", dvc[name]).get("params"), f"DVC stage {name} declares no params"
+        if "scales.${scale}.threads" in dvc[name].get("do", dvc[name])["params"]:
+            assert "threads: THREADS" in body, f"rule {name}: its threads are the scale's (scales.<scale>.threads)"
 
 
 def test_dvc_metrics_plots_and_persistence():
@@ -208,18 +114,6 @@ def test_dry_runs_work_without_gpu_or_imagenet(tmp_path):
                               "--cores", "1", "--profile", "profiles/slurm"], work).stdout
 
 
-def test_make_demo_in_a_fresh_clone_with_committed_results_runs_the_whole_pipeline(tmp_path):
-    """results/ is committed, work/ is not. Snakemake takes the present results/table1.csv as up to date
-    whatever its inputs, so `make demo` forces the report, and the report's missing inputs pull in the DAG."""
-    work = pipeline_copy(tmp_path)
-    shutil.copytree(ROOT / "results", work / "results")
-    line = next(l for l in (ROOT / "Makefile").read_text().splitlines() if "snakemake --cores all" in l)
-    words = shlex.split(line.split("/bin/snakemake", 1)[1])
-    planned = planned_jobs(run([str(BIN / "snakemake"), "-n", *words], work).stdout)
-    # 5 train jobs: the 4 of the demo's rows, and coda_f8's, which only notes that the demo has no FLUX VAE
-    assert planned.get("prepare") == "1" and planned.get("train") == "5" and planned.get("report") == "1", planned
-
-
 def test_paper_scale_without_downloads_is_refused_before_any_job(tmp_path):
     """Both engines stop in seconds, before the first job, naming every missing external input."""
     work = pipeline_copy(tmp_path, "imagenet")
@@ -233,16 +127,6 @@ def test_paper_scale_without_downloads_is_refused_before_any_job(tmp_path):
     output = dvc.stdout + dvc.stderr
     assert dvc.returncode != 0 and all(m in output for m in missing), output[-2000:]
     assert "Traceback" not in output and not (work / "work" / "imagenet" / "prepared").exists()
-
-
-def set_param(work: Path, path: str, value) -> None:
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    node = params
-    *parents, last = path.split(".")
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[last] = value
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def check_outputs(work: Path, rows=("coda", "ablate_vq", "ablate_rvq", "ablate_attn", "vae")) -> None:
@@ -260,10 +144,10 @@ def check_outputs(work: Path, rows=("coda", "ablate_vq", "ablate_rvq", "ablate_a
         Image.open(png).verify()
 
 
-def check_tokens(work: Path, scale: str = "tiny", threads: int | None = None) -> None:
+def check_tokens(work: Path, scale: str = "tiny") -> None:
     """The coda experiment's token files: every image, and the val tokens decode to the evaluate
-    stage's reconstructions bit for bit, when decoded with the stages' thread count (``threads``;
-    None: torch's default, as DVC runs them; CPU convolutions round differently with another)."""
+    stage's reconstructions bit for bit, decoded on the scale's CPU threads as every stage runs
+    (``scales.<scale>.threads``, whichever engine ran it: CPU convolutions round differently with another)."""
     import numpy as np
     import torch
     from torch.utils.data import DataLoader
@@ -277,13 +161,14 @@ def check_tokens(work: Path, scale: str = "tiny", threads: int | None = None) ->
     assert len(val) == len(np.load(root / "prepared/val.npy", mmap_mode="r"))
     recon = np.load(root / "eval/coda/recon_samples.npy")
     shown = json.loads((root / "eval/coda/metrics.json").read_text())["recon_sample_indices"]
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    batch = params["scales"][scale]["evaluate"]["batch_size"]
+    params = yaml.safe_load((work / "params.yaml").read_text())["scales"][scale]
+    assert not params["cpu_isa"], "this process's kernels are not pinned: decode a pinned scale in a `coda` command"
     tokenizer = Tokenizer.from_pretrained(root / "train/coda/tokenizer")
     default = torch.get_num_threads()
-    torch.set_num_threads(threads or default)
+    torch.set_num_threads(params["threads"])
     try:
-        decoded = to_uint8(tokenizer.decode(next(iter(DataLoader(val, batch_size=batch)))[0])).permute(0, 2, 3, 1).numpy()
+        batch = next(iter(DataLoader(val, batch_size=params["evaluate"]["batch_size"])))[0]
+        decoded = to_uint8(tokenizer.decode(batch)).permute(0, 2, 3, 1).numpy()
     finally:
         torch.set_num_threads(default)
     assert np.array_equal(decoded[shown], recon)
@@ -306,10 +191,7 @@ def add_second_tiny_scale(work: Path) -> None:
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def planned_jobs(output: str) -> dict[str, str]:
-    return dict(re.findall(r"^(\w+)\s+(\d+)$", output, flags=re.M))
-
-
+@pytest.mark.slow
 def test_tiny_dag_through_snakemake(tmp_path):
     work = pipeline_copy(tmp_path, "tiny")
     add_second_tiny_scale(work)
@@ -318,7 +200,7 @@ def test_tiny_dag_through_snakemake(tmp_path):
     check_outputs(work)
     everything = [str(BIN / "snakemake"), "--cores", "2"]  # the default target: + the token files
     run(everything, work)
-    check_tokens(work, threads=1)  # each rule's `threads: 1`, which Snakemake passes as OMP_NUM_THREADS
+    check_tokens(work)
     for command in (snakemake, everything):
         again = run(command, work)
         assert "Nothing to be done" in again.stdout + again.stderr
@@ -350,7 +232,23 @@ def test_tiny_dag_through_snakemake(tmp_path):
     run(snakemake, work)
     assert "Nothing to be done" in run(snakemake + ["-n"], work).stdout
 
+    # DVC recomputes coda's training (from scratch) and evaluation: the same bytes as Snakemake's, since
+    # the `coda` commands set the scale's threads themselves. Then `snakemake --touch`: nothing to do.
+    run([str(BIN / "dvc"), "commit", "--force", "--quiet"], work)
+    root = work / "work/tiny"
+    by_snakemake = {p: (root / p).read_bytes() for p in ("train/coda/tokenizer/model.safetensors",
+                                                          "eval/coda/recon_samples.npy")}
+    metrics = json.loads((root / "eval/coda/metrics.json").read_text())
+    shutil.rmtree(root / "train/coda/checkpoints")
+    run([str(BIN / "dvc"), "repro", "--force", "--single-item", "train@coda", "evaluate@coda"], work)
+    assert {p: (root / p).read_bytes() for p in by_snakemake} == by_snakemake, "the engines computed other bits"
+    again = json.loads((root / "eval/coda/metrics.json").read_text())
+    assert all(again[k] == metrics[k] for k in ("psnr", "ssim", "lpips_vgg", "codebook_utilization"))
+    run([str(BIN / "snakemake"), "--cores", "1", "--touch", "results/table1.csv"], work)
+    assert "Nothing to be done" in run(snakemake + ["-n"], work).stdout
 
+
+@pytest.mark.slow
 def test_tiny_dag_through_dvc(tmp_path):
     work = pipeline_copy(tmp_path, "tiny")
     add_second_tiny_scale(work)
@@ -400,3 +298,50 @@ def test_tiny_dag_through_dvc(tmp_path):
     assert 0 <= metrics["results/metrics/ablate_vq.json"]["data"]["codebook_utilization"] <= 1
     columns = [(path, key) for path, m in metrics.items() for key in m["data"]]
     assert len(columns) <= 50 and all(isinstance(metrics[p]["data"][k], (int, float)) for p, k in columns)
+
+    # The README's comparison commands print tables that fit a 200-column terminal, nothing cut.
+    comparisons = readme_comparison_commands()
+    assert any(c.startswith("dvc exp show") for c in comparisons) and "dvc exp diff" in comparisons
+    for command in comparisons:
+        shown = run(shlex.split(command), work, COLUMNS="200").stdout
+        assert shown.strip() and "…" not in shown and max(map(len, shown.splitlines())) <= 200, f"{command}:\n{shown}"
+
+
+def readme_comparison_commands() -> list[str]:
+    """The README's `dvc exp show`, `dvc exp diff` and `dvc metrics show` lines, as written."""
+    lines = [line.split(" #")[0].strip() for language, block in re.findall(r"```(\w*)\n(.*?)```",
+                                                                            (ROOT / "README.md").read_text(), flags=re.S)
+             if language == "bash" for line in block.splitlines()]
+    return [line for line in lines if line.startswith(("dvc exp show", "dvc exp diff", "dvc metrics show"))]
+
+
+PROBE = """
+import json, os, sys
+import torch
+from coda import cli
+def probe(params, **flags):
+    print(json.dumps({"isa": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+                      "interop": torch.get_num_interop_threads(), "omp": os.environ["OMP_NUM_THREADS"],
+                      "mkl_cbwr": os.environ.get("MKL_CBWR")}))
+cli.STAGES["fetch"] = cli.STAGES["fetch"]._replace(module="__main__", function="probe")
+sys.exit(cli.main(["fetch", "--scale", sys.argv[1], "--out", "unused.json"]))
+"""
+
+
+@pytest.mark.parametrize("scale", ["demo", "tiny"])
+def test_stage_commands_set_the_scales_threads_and_instruction_set(tmp_path, scale):
+    """Whichever engine starts a stage, the command itself sets scales.<scale>.threads and cpu_isa."""
+    import platform
+
+    work = pipeline_copy(tmp_path)
+    block = yaml.safe_load((work / "params.yaml").read_text())["scales"][scale]
+    environment = {k: v for k, v in env().items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR")}
+    out = subprocess.run([sys.executable, "-c", PROBE, scale], cwd=work, env={**environment, "OMP_NUM_THREADS": "2"},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["threads"] == seen["interop"] == block["threads"] and seen["omp"] == str(block["threads"])
+    if block["cpu_isa"] and platform.machine() in ("x86_64", "AMD64"):
+        assert seen["isa"] == block["cpu_isa"].upper() and seen["mkl_cbwr"] == block["cpu_isa"].upper()
+    elif not block["cpu_isa"]:
+        assert seen["mkl_cbwr"] is None

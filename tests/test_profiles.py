@@ -75,8 +75,10 @@ def test_slurm_profile_passes_the_plugin_validation_for_every_job(work):
         call += set_gres_string(job)
         words = shlex.split(call)
         gpus = [word for word in words if word.startswith(("--gpus", "--gres"))]
-        assert gpus == (["--gpus=1"] if job.rule.name in GPU_RULES else []), (job.rule.name, call)
-        assert words[words.index("-t") + 1] == ("4320" if job.rule.name == "train" else "120")
+        cards = 8 if job.rule.name == "train" else 1  # a train job: its train.processes, the release's 8 GPUs
+        assert gpus == ([f"--gpus={cards}"] if job.rule.name in GPU_RULES else []), (job.rule.name, call)
+        runtime = {"train": "4320", "cache": "480", "tokenize": "480", "evaluate": "240"}.get(job.rule.name, "120")
+        assert words[words.index("-t") + 1] == runtime, (job.rule.name, call)
 
 
 def test_default_profile_is_loaded_by_the_plain_command(work):
@@ -128,3 +130,14 @@ def test_plain_command_gives_each_gpu_job_its_own_card(work):
     for i, a in enumerate(claims):
         for b in claims[i + 1:]:
             assert a["card"] != b["card"] or a["end"] < b["start"] or b["end"] < a["start"], "two jobs on one card"
+
+
+def test_a_local_run_with_fewer_cards_than_a_train_job_stops_before_any_job(work):
+    """The paper scale's train jobs run 8 processes, one card each: on 2 cards the plain command says
+    so, and which setting to lower, before it plans or runs anything."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "CUDA_VISIBLE_DEVICES": "0,1"}
+    result = subprocess.run([str(BIN / "snakemake"), "-n", "--cores", "all", "results/table1.csv", "--config",
+                             "scale=imagenet"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "train.processes asks for more GPUs than this machine has (2): coda 8" in result.stderr
+    assert "scales.imagenet.experiment.train.processes" in result.stderr and "Traceback" not in result.stderr

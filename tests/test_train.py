@@ -353,6 +353,54 @@ def test_coda_train_command_trains_and_resumes(tmp_path, tiny_vae):
     assert json.loads((tmp_path / "out/run.json").read_text())["resumed_from"] == [2]
 
 
+def test_coda_train_starts_its_own_ranks(tmp_path, tiny_vae):
+    """train.processes: 2: the plain `coda train` command (the pipeline's) runs 2 ranks through torch's
+    elastic launcher and trains what 1 process trains with the same global batch, bit for bit; a user
+    error in the ranks is the command's exit status 2, with the ranks' message."""
+    g = torch.Generator().manual_seed(0)
+    cache = _latent_cache(tmp_path / "cache", torch.randn(16, 4, 8, 8, generator=g), torch.full((16, 4, 8, 8), -6.0))
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae/vae").symlink_to(tiny_vae)
+    experiment = _latents_experiment(max_steps=3, batch_size=2, global_batch=4)
+    experiment["quantizer"] = {k: v for k, v in experiment["quantizer"].items() if k != "dim"}
+    env = {**SUBPROCESS_ENV, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "CUDA_VISIBLE_DEVICES": ""}
+
+    def coda_train(processes, out, **train):
+        import yaml
+
+        params = _params(experiment, latent={"train": {"processes": processes, **train}})
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        return subprocess.run([sys.executable, "-m", "coda", "train", "--params", str(tmp_path / "params.yaml"),
+                               "--experiment", "latent", "--prepared", str(tmp_path / "no-images"), "--vae",
+                               str(tmp_path / "vae"), "--cache", str(cache), "--out", str(out), "--log",
+                               str(out) + ".log"], capture_output=True, text=True, timeout=600,
+                              env={**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})  # per rank
+
+    for processes in (2, 1):
+        result = coda_train(processes, tmp_path / f"p{processes}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        run = json.loads((tmp_path / f"p{processes}/run.json").read_text())
+        assert (run["world_size"], run["grad_accum"], run["global_batch"]) == (processes, 2 // processes, 4)
+    log = (tmp_path / "p2.log").read_text()
+    assert log.startswith("coda train: starting 2 processes") and "world_size" not in log
+    assert ((tmp_path / "p2/tokenizer/model.safetensors").read_bytes()
+            == (tmp_path / "p1/tokenizer/model.safetensors").read_bytes())
+
+    result = coda_train(2, tmp_path / "bad", batch_size=3)  # 4 images per step cannot split into 2 x 3
+    assert result.returncode == 2 and "train.global_batch 4 is not a multiple" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_lr_schedule_span_stretches_the_cosine(tmp_path, tiny_vae):
+    """lr_schedule_span 2 on a 3-step run: lr0 (1 + cos(pi t / 6)) / 2 at step t, by hand 1, 0.933, 0.75."""
+    g = torch.Generator().manual_seed(0)
+    cache = _latent_cache(tmp_path / "cache", torch.randn(16, 4, 8, 8, generator=g), torch.full((16, 4, 8, 8), -6.0))
+    train(_latents_experiment(max_steps=3, lr=1e-3, lr_schedule_span=2), tiny_vae, tmp_path / "out", latents=cache)
+    log = (tmp_path / "out/train_log.tsv").read_text().splitlines()
+    rates = [float(dict(zip(log[0].split("\t"), line.split("\t")))["lr"]) for line in log[1:]]
+    assert rates == pytest.approx([1e-3, 0.9330127e-3, 0.75e-3])
+
+
 def test_coda_train_converts_released_checkpoints(tmp_path, capsys):
     """kind: released: the authors' .pth files become a tokenizer directory, nothing trains."""
     from coda.compat.release import OFFICIAL_SETTINGS

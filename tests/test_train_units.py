@@ -68,7 +68,7 @@ def test_global_batch_sets_the_accumulation_for_any_process_count():
 
 def test_the_train_settings_and_the_input_check_import_no_torch():
     """The input check runs before every stage, and reads TrainConfig's defaults: both stay light."""
-    code = "import sys, coda.inputs, coda.train.config; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, coda.external_inputs, coda.train.config; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -76,6 +76,25 @@ def test_discriminator_auto_choice():
     assert TrainConfig().discriminator_kind == "patchgan"
     assert TrainConfig(dino_weights="/x/dino").discriminator_kind == "dino"
     assert TrainConfig(discriminator="patchgan", dino_weights="/x").discriminator_kind == "patchgan"
+
+
+def test_the_release_schedule_spans_eight_runs_at_the_paper_scale():
+    """The release builds its cosine before accelerate.prepare, so on its 8 processes it spans 8 runs:
+    by hand, the rate ends at (1 + cos(pi / 8)) / 2 = 0.962 lr0 and averages (1 + 8 sin(pi / 8) / pi) / 2
+    = 0.987 lr0 over the 25,020 steps. The paper scale's coda and coda_f8 default to it."""
+    from coda.config import experiment_config, load_params
+
+    params = {**load_params(Path(__file__).parents[1] / "params.yaml"), "scale": "imagenet"}
+    steps = 25020
+    for name in ("coda", "coda_f8"):
+        cfg = TrainConfig.from_dict(experiment_config(params, name)["train"])
+        assert (cfg.lr_schedule_span, cfg.processes) == (8, 8)
+    rates = [learning_rate(step, steps * 8, 1.0) for step in range(steps)]
+    assert round(learning_rate(steps, steps * 8, 1.0), 3) == 0.962 and round(rates[-1], 3) == 0.962
+    assert round(sum(rates) / steps, 3) == 0.987
+    assert TrainConfig().lr_schedule_span == 1  # elsewhere: cosine to zero at the last step
+    with pytest.raises(ValueError, match="lr_schedule_span"):
+        TrainConfig(lr_schedule_span=0)
 
 
 def test_cosine_learning_rate_to_zero():

@@ -1,10 +1,9 @@
 """The demo's small-VAE trainer (the `vae` stage at demo and tiny scale)."""
-import json
-
 import numpy as np
 import pytest
 import torch
 
+from coda.artifacts import VAE_INFO
 from coda.data.datasets import ArrayImages
 from coda.vae_train import kl_divergence, train_small_vae
 
@@ -20,10 +19,11 @@ def test_kl_divergence_matches_hand_computation():
 def test_small_vae_training_writes_a_loadable_vae_with_unit_latent_scale(tmp_path):
     rng = np.random.default_rng(0)
     np.save(tmp_path / "train.npy", rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8))
-    vae = train_small_vae(ArrayImages(tmp_path / "train.npy"), tmp_path / "out", steps=3, batch_size=4,
-                          architecture={"block_out_channels": [8, 8], "norm_num_groups": 8, "latent_channels": 4})
-    info = json.loads((tmp_path / "out/vae_info.json").read_text())
-    assert vae.scaling_factor == info["scaling_factor"] > 0
+    vae, settings = train_small_vae(ArrayImages(tmp_path / "train.npy"), tmp_path / "out", steps=3, batch_size=4,
+                                    architecture={"block_out_channels": [8, 8], "norm_num_groups": 8,
+                                                  "latent_channels": 4})
+    assert vae.scaling_factor == settings["scaling_factor"] > 0 and settings["steps"] == 3
+    assert not (tmp_path / "out" / VAE_INFO).exists()  # the vae stage writes it, with the VAE's source and hash
     rows = (tmp_path / "out/train_log.tsv").read_text().splitlines()
     assert rows[0].startswith("step\tlr\tloss") and len(rows) == 4
     z = vae.normalize(vae.encode(ArrayImages(tmp_path / "train.npy")[0][None]).mean)

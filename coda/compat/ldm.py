@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import UserError
+
 LDM_ARCHITECTURE = "LDM/MAR KL autoencoder"
 
 # MAR's kl16.safetensors (docs/method.md section 1). scaling_factor is not part of the LDM architecture;
@@ -188,7 +190,7 @@ def official_shape(kind: str, param: str, diffusers_shape: tuple[int, ...]) -> t
     return tuple(diffusers_shape) + ((1, 1) if kind == "attn_proj" and param == "weight" else ())
 
 
-class LayoutError(ValueError):
+class LayoutError(UserError, ValueError):
     """A state dict does not match the expected layout; lists every problem, in that layout's names."""
 
 

@@ -12,6 +12,7 @@ from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..errors import UserError
 from ..files import write_json
 
 POLICIES = ("skip", "error")
@@ -41,7 +42,7 @@ class BadImage(Exception):
         super().__init__(f"{reason}: {self.path}" + (f" ({detail})" if detail else ""))
 
 
-class BadImageError(RuntimeError):
+class BadImageError(UserError, RuntimeError):
     """Raised under ``on_bad_image="error"`` for the first bad file."""
 
     def __init__(self, path, reason: str, detail: str = "", report_path=None):

@@ -1,7 +1,10 @@
 """Crops from an RGB ``PIL.Image`` (as ``read_rgb`` returns) to a uint8 H x W x 3 numpy array:
-``center_crop`` and ``adm_crop`` for the validation set, ``train_crop`` (seeded, random) for training."""
+``center_crop``, ``adm_crop`` and ``release_crop`` for the validation set, ``train_crop`` (seeded,
+random) for training."""
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 from PIL import Image
@@ -53,7 +56,15 @@ def train_crop(img: Image.Image, res: int, rng: np.random.Generator) -> np.ndarr
     return _crop_at(img, left, top, res)
 
 
-CROPS = {"center": center_crop, "adm": adm_crop}
+def release_crop(img: Image.Image, res: int) -> np.ndarray:
+    """The release's evaluation crop: its training transform (``train_crop``) on the validation image.
+    The release draws a new crop at every evaluation; here each image's crop is seeded by its pixels,
+    so the prepared validation set stays one fixed set of images, whatever the order or threads."""
+    seed = int.from_bytes(hashlib.sha256(img.tobytes()).digest()[:8], "little")
+    return train_crop(img, res, np.random.default_rng(seed))
+
+
+CROPS = {"center": center_crop, "adm": adm_crop, "release": release_crop}
 
 
 def get_crop(name: str):

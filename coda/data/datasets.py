@@ -10,11 +10,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..artifacts import META, TRAIN_FILES, TRAIN_MANIFEST, TRAIN_NPY, VAL_FILES
 from ..pixels import array_to_tensor, read_image_array
 from .bad_images import BadImage
 from .crops import train_crop
 from .images import read_rgb
-from .layout import META, TRAIN_MANIFEST, TRAIN_NPY, read_tsv
+from .layout import read_tsv
 
 MAX_RETRIES = 50
 
@@ -121,8 +122,6 @@ def class_labels(prepared_dir) -> tuple[list[str], dict[str, np.ndarray]]:
     1,000 sorted synsets; a folder without subfolders: one class ""). The demo: the source
     photograph of each crop, in the order of meta.json's ``train_photos``; a val crop comes from a
     photo no training crop shows, so its label is ``NO_CLASS``."""
-    from .layout import TRAIN_FILES, VAL_FILES
-
     prepared_dir = Path(prepared_dir)
     meta = read_meta(prepared_dir)
     if "classes" in meta:

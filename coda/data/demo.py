@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..artifacts import META, PREPARE_REPORT, TRAIN_FILES, TRAIN_MANIFEST, TRAIN_NPY, VAL_FILES, VAL_NPY
 from ..files import library_versions, write_json
 from .bad_images import BadImage, reporting
 from .crops import resize_short_side
-from .layout import (FORMAT_VERSION, META, REPORT, TRAIN_FILES, TRAIN_MANIFEST, TRAIN_NPY, VAL_FILES,
-                     VAL_NPY, npy_rows, remove_outputs, write_tsv)
+from .layout import FORMAT_VERSION, npy_rows, remove_outputs, write_tsv
 from .photos import PHOTOS, VAL_PHOTOS, load_photo
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,8 @@ def _make_split(split: str, names, out_dir: Path, report, resolution: int, crops
         except BadImage as exc:
             report.add_bad(exc.path, exc.reason, exc.detail)
     if not loaded:
-        raise ValueError(f"demo: none of the {split} photos {list(names)} could be loaded; see {out_dir / REPORT}")
+        raise ValueError(f"demo: none of the {split} photos {list(names)} could be loaded; "
+                         f"see {out_dir / PREPARE_REPORT}")
     npy, tsv = (TRAIN_NPY, TRAIN_FILES) if split == "train" else (VAL_NPY, VAL_FILES)
     rows, photos = [], []
     with npy_rows(out_dir / npy, len(loaded) * crops_per_photo, (resolution, resolution, 3)) as writer:
@@ -101,7 +102,7 @@ def prepare_demo(out_dir, resolution: int = 64, crops_per_train_photo: int = 160
         raise ValueError(f"photos {overlap} are in both train and validation")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with reporting(out_dir / REPORT, on_bad_image, {"train": None, "val": None},
+    with reporting(out_dir / PREPARE_REPORT, on_bad_image, {"train": None, "val": None},
                    source="bundled photos") as reports:  # refuses a bad on_bad_image before any removal
         remove_outputs(out_dir, (META, TRAIN_MANIFEST))
         train_info, n_train = _make_split("train", train_photos, out_dir, reports["train"], resolution,
@@ -121,7 +122,7 @@ def prepare_demo(out_dir, resolution: int = 64, crops_per_train_photo: int = 160
                    "train_skipped": reports["train"].skipped, "val_skipped": reports["val"].skipped},
         "train_photos": train_info, "val_photos": val_info, "unavailable": [f["path"] for f in bad],
         "files": {"train": TRAIN_NPY, "train_files": TRAIN_FILES, "val": VAL_NPY,
-                  "val_files": VAL_FILES, "report": REPORT},
+                  "val_files": VAL_FILES, "report": PREPARE_REPORT},
         "versions": library_versions(),
     }
     write_json(out_dir / META, meta)

@@ -6,7 +6,7 @@
   ``meta.json["classes"]``) and ``class`` (the first subfolder; "" for files at the top level),
   for every training file that passes a cheap header check. Full decoding happens at train time
   (``coda.data.datasets.ManifestImages``).
-- ``val.npy``: uint8 N x res x res x 3, the validation set after the ``center`` or ``adm`` crop,
+- ``val.npy``: uint8 N x res x res x 3, the validation set after the ``center``, ``adm`` or ``release`` crop,
   written row by row through a memory map.
 - ``val_files.tsv``: ``index``, ``path``, ``class``: which file each row of ``val.npy`` came from.
 - ``prepare_report.json``: the bad-image reports of both splits (``coda.data.bad_images``).
@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..artifacts import META, PREPARE_REPORT, TRAIN_FILES, TRAIN_MANIFEST, TRAIN_NPY, VAL_FILES, VAL_NPY
 from ..files import library_versions, write_json
 from .bad_images import BadImage, reporting
 from .crops import get_crop
 from .images import list_files, open_rgb, probe_image
-from .layout import (FORMAT_VERSION, META, REPORT, TRAIN_FILES, TRAIN_MANIFEST, TRAIN_NPY, VAL_FILES,
-                     VAL_NPY, npy_rows, remove_outputs, write_tsv)
+from .layout import FORMAT_VERSION, npy_rows, remove_outputs, write_tsv
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def _build_val(val_dir: Path, out_dir: Path, report, resolution: int, crop_fn, m
             files.append((writer.append(arr[None]), rel, cls))
         if not files:
             raise ValueError(f"none of the {len(paths)} validation images in {val_dir} could be "
-                             f"used; see {out_dir / REPORT}")
+                             f"used; see {out_dir / PREPARE_REPORT}")
     write_tsv(out_dir / VAL_FILES, ("index", "path", "class"), files)
     return len(files)
 
@@ -117,7 +117,7 @@ def prepare_folder(train_dir, val_dir, out_dir, resolution: int = 256, crop: str
     """Prepare an image-folder dataset (e.g. ImageNet); returns the ``meta.json`` contents.
 
     ``train_dir``/``val_dir``: folders of images, with or without class subfolders (the first
-    subfolder is the class). ``crop``: "center" or "adm". ``on_bad_image``: "skip" (record in
+    subfolder is the class). ``crop``: "center", "adm" or "release". ``on_bad_image``: "skip" (record in
     ``prepare_report.json`` and continue) or "error" (record, write the report, raise
     ``BadImageError``). ``min_size``: smallest accepted short side in pixels (None: 16).
     ``limit_train``/``limit_val``: a seeded random subset of that many files.
@@ -133,7 +133,7 @@ def prepare_folder(train_dir, val_dir, out_dir, resolution: int = 256, crop: str
             raise FileNotFoundError(f"{what} folder not found: {d} (expected a folder of images, "
                                     f"e.g. ImageNet class subfolders of JPEGs)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    with reporting(out_dir / REPORT, on_bad_image, {"train": train_dir, "val": val_dir},
+    with reporting(out_dir / PREPARE_REPORT, on_bad_image, {"train": train_dir, "val": val_dir},
                    min_size=min_size) as reports:  # refuses a bad on_bad_image before any removal
         remove_outputs(out_dir, (META, TRAIN_NPY, TRAIN_FILES))
         rows, classes = _build_manifest(train_dir, reports["train"], min_size, limit_train, seed)
@@ -154,7 +154,7 @@ def prepare_folder(train_dir, val_dir, out_dir, resolution: int = 256, crop: str
                    "val_ignored": len(val_rep.ignored)},
         "num_classes": len(classes), "classes": classes,
         "files": {"train_manifest": TRAIN_MANIFEST, "val": VAL_NPY, "val_files": VAL_FILES,
-                  "report": REPORT},
+                  "report": PREPARE_REPORT},
         "versions": library_versions(),
     }
     write_json(out_dir / META, meta)

@@ -15,13 +15,7 @@ from numpy.lib import format as npformat
 from ..files import atomic_path
 from ..pixels import RowWriter, write_npy_header
 
-TRAIN_MANIFEST = "train_manifest.tsv"  # paper scale: training files, decoded at train time
-TRAIN_NPY = "train.npy"                # demo scale: the training crops themselves
-TRAIN_FILES = "train_files.tsv"
-VAL_NPY = "val.npy"
-VAL_FILES = "val_files.tsv"
-REPORT = "prepare_report.json"
-META = "meta.json"
+# The folder's file names are in coda/artifacts.py (META, TRAIN_NPY, VAL_NPY, ...), with every other stage's.
 FORMAT_VERSION = 1
 
 

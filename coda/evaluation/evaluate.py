@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from coda.devices import pick_device
 from coda.evaluation_record import EvaluationRecord
 from coda.files import atomic_path, directory_sha256, file_sha256, library_versions
 from coda.pixels import batch_to_uint8, from_uint8, read_image_array, to_uint8, to_zero_one
@@ -43,9 +44,6 @@ FID_PROTOCOL_DESCRIPTIONS = {
                      "F.interpolate bilinear to 299 (align_corners=False), 2x - 1; rFD-VGG16 stays on uint8",
 }
 PROTOCOL_FROM_META = ("experiment", "dataset", "crop", "ema", "vae", "method")
-# What the evaluate stage writes into its directory, and the report reads back.
-METRICS_FILE, SAMPLES_FILE, COUNTS_FILE = "metrics.json", "recon_samples.npy", "code_counts.npy"
-NPZ_FILE = "reconstructions.npz"  # all reconstructions, ADM's format (evaluate.export_npz)
 
 
 def model_sha256(path: str | Path | None) -> str | None:
@@ -133,7 +131,7 @@ def compute_reference(val_npy: str | Path, out: str | Path, *, batch_size: int =
     """The reference stage: the Frechet statistics of the first ``max_images`` validation images
     (all by default) for every available feature set (VGG16 only with ``vgg16``), written to ``out``
     (``reference.py``'s format). Returns the file's metadata."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(device)
     images = read_image_array(val_npy, "uint8 validation set")
     count = len(images) if max_images is None else min(len(images), max_images)
     if count == 0:
@@ -317,7 +315,7 @@ def evaluate_tokenizer(tokenizer, val_npy: str | Path, out_json: str | Path | No
     (``arr_0``, uint8 N x H x W x 3). ``rfd_vgg16=False``: no rFD-VGG16 (nor per k).
     """
     meta = dict(meta or {})
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(device)
     # an unknown posterior mode is refused by the schema and by ContinuousVAE.latent
     posterior = posterior or tokenizer.posterior
     tokenizer.to(device).eval()

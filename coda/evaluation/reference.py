@@ -16,16 +16,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from coda.errors import UserError
 from coda.files import atomic_path, library_versions, reading
 
 from .frechet import FeatureSet, FrechetStatistics
 
-REFERENCE_FILE = "reference.safetensors"
 FORMAT = "coda-reference/1"
 RERUN = "rerun the reference stage (`coda reference`, or let Snakemake/DVC rerun it)"
 
 
-class StaleReferenceError(ValueError):
+class StaleReferenceError(UserError, ValueError):
     """The reference file does not belong to this evaluation: another validation set, image count,
     feature extractor, weights or protocol."""
 

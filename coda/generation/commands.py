@@ -11,13 +11,15 @@ import json
 import time
 from pathlib import Path
 
+from ..errors import UserError
+
 SAMPLES_NPZ = "samples.npz"
 SAMPLE_TOKENS = "tokens.safetensors"
 SAMPLE_RECORD = "samples.json"
 SAMPLE_TOKENS_FORMAT = "coda-sample-tokens/1"
 
 
-class GenerationInputError(ValueError):
+class GenerationInputError(UserError, ValueError):
     """Inputs that do not fit together (another tokenizer's tokens, an unknown class): the user's to fix."""
 
 
@@ -39,9 +41,9 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg", type=float, default=d.cfg, help=f"guidance at the last scale, ramped from 0 (default {d.cfg})")
     p.add_argument("--top-k", type=int, default=d.top_k, help=f"0: off (default {d.top_k})")
     p.add_argument("--top-p", type=float, default=d.top_p, help=f"0: off (default {d.top_p})")
-    p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--temperature", type=float, default=d.temperature, help=f"logits divided by it (default {d.temperature})")
     p.add_argument("--seed", type=int, default=0, help="with the same --batch-size, the same samples")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per sampling batch (default 32)")
     p.add_argument("--no-png", action="store_true", help="write only the tokens and the npz")
     p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
 
@@ -93,7 +95,7 @@ def sample(args) -> None:
     import torch
     from safetensors.numpy import save_file
 
-    from ..evaluation.metrics import to_uint8
+    from ..pixels import to_uint8
     from ..files import atomic_path, library_versions, write_json
     from ..image_files import save_png
     from ..token_files import index_dtype
@@ -140,7 +142,7 @@ def sample(args) -> None:
     record = {"generator": str(args.generator), "tokenizer": str(args.tokenizer), "tokenizer_sha256": sha,
               "classes": [names[c] for c in classes], "per_class": args.per_class, "count": len(arr),
               "seed": args.seed, "batch_size": args.batch_size, "sampling": settings.record(),
-              "uint8_rule": "round((x + 1) * 127.5), clamped to [0, 255] (coda.evaluation.metrics.to_uint8)",
+              "uint8_rule": "round((x + 1) * 127.5), clamped to [0, 255] (coda.pixels.to_uint8)",
               "device": device, "seconds": seconds, "images_per_s": len(arr) / seconds,
               "versions": library_versions()}
     write_json(out / SAMPLE_RECORD, record)

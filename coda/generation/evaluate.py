@@ -39,19 +39,22 @@ def generator_bits(model: NextScaleGenerator, dataset: Dataset, batch_size: int 
     return (total / (count * sizes) / math.log(2)).tolist()
 
 
+def unigram_counts(dataset: Dataset, scales, codebook_size: int) -> torch.Tensor:
+    """How often each code occurs at each scale of the items: float64 num_scales x V."""
+    out = torch.zeros(len(scales), codebook_size, dtype=torch.float64)
+    levels = _levels(scales)
+    for batch in DataLoader(FlatTokens(dataset), batch_size=256):
+        tokens, _ = split_flat(batch)
+        out.index_put_((levels.expand_as(tokens).reshape(-1), tokens.reshape(-1)),
+                       torch.ones(tokens.numel(), dtype=torch.float64), accumulate=True)
+    return out
+
+
 def unigram_bits(train: Dataset, held_out: Dataset, scales, codebook_size: int) -> list[float]:
     """Cross-entropy (bits per token) of the held-out tokens under each scale's code frequencies in
     the training tokens, add-one smoothed (a code unseen in training is not infinitely surprising)."""
-    def counts(dataset):
-        out = torch.zeros(len(scales), codebook_size, dtype=torch.float64)
-        levels = _levels(scales)
-        for batch in DataLoader(FlatTokens(dataset), batch_size=256):
-            tokens, _ = split_flat(batch)
-            out.index_put_((levels.expand_as(tokens).reshape(-1), tokens.reshape(-1)),
-                           torch.ones(tokens.numel(), dtype=torch.float64), accumulate=True)
-        return out
-
-    fitted, seen = counts(train) + 1, counts(held_out)
+    fitted = unigram_counts(train, scales, codebook_size) + 1
+    seen = unigram_counts(held_out, scales, codebook_size)
     log_p = (fitted / fitted.sum(1, keepdim=True)).log2()
     return (-(seen * log_p).sum(1) / seen.sum(1)).tolist()
 

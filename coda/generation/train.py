@@ -10,8 +10,9 @@ clip 2.0; class dropout 0.1 (the label becomes the null class); cross-entropy we
 L tokens, so a scale weighs its share of the tokens; optional bf16 autocast.
 
 All randomness of a step is a function of (seed, step, micro-batch): the data order of an epoch
-(``coda.train.inputs.micro_batch_stream``), the class dropout; drop path draws from torch's global
-generator, whose state the checkpoint keeps.
+(``coda.train.inputs.micro_batch_stream``), the class dropout, and drop path (torch's global
+generator, seeded per micro-batch). So a resumed run, or one split over ranks, computes what one
+uninterrupted process computes.
 """
 from __future__ import annotations
 
@@ -28,11 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..artifacts import TRAIN_LOG
 from ..schedule import lin0_learning_rate
 from ..train import distributed
 from ..train.checkpoint import checkpoint_files, load_checkpoint, save_checkpoint
 from ..train.inputs import micro_batch_stream, mix_seeds
-from ..train.log import LOG, TsvLog, finish_run_record, progress_bar, start_run_record
+from ..train.log import TsvLog, finish_run_record, progress_bar, start_run_record
 from .model import NextScaleGenerator, drop_labels, recipe_for_depth
 
 CHECKPOINTS = "checkpoints"
@@ -201,7 +203,7 @@ def fit(settings: GeneratorSettings, model: NextScaleGenerator, dataset: Dataset
     columns = (["step", "epoch", "lr", "loss", "accuracy", "grad_norm", "images_per_s"]
                + [f"loss_{n}" for n in names] + [f"acc_{n}" for n in names])
     if info.is_main:
-        log = TsvLog(out_dir / LOG, columns, keep_until=start_step or None)
+        log = TsvLog(out_dir / TRAIN_LOG, columns, keep_until=start_step or None)
         start_run_record(out_dir, {**(record or {}), "config": experiment, "world_size": info.world_size,
                                    "global_batch": global_batch, "grad_accum": accum, "peak_lr": peak_lr,
                                    "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
@@ -225,8 +227,10 @@ def fit(settings: GeneratorSettings, model: NextScaleGenerator, dataset: Dataset
         sums = torch.zeros(3, len(scales), dtype=torch.float64, device=device)
         for k in range(accum):
             tokens, labels = split_flat(next(stream))
-            generator = torch.Generator(device).manual_seed(mix_seeds(settings.seed, step, k * info.world_size + info.rank))
+            micro = k * info.world_size + info.rank  # this micro-batch's place in the global batch
+            generator = torch.Generator(device).manual_seed(mix_seeds(settings.seed, step, micro))
             labels = drop_labels(labels, settings.class_dropout, model.num_classes, generator)
+            torch.manual_seed(mix_seeds(settings.seed, step, micro, 1))  # drop path: per micro-batch too
             with torch.no_grad():
                 inputs = model.inputs.teacher_forcing(unflatten(tokens, scales))
             with autocast:

@@ -6,15 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
+from coda.artifacts import ABLATION, CONFIG_NAME, FIGURE_NAMES, TABLE1
 from coda.files import write_json, write_text
 from coda.pixels import read_image_array
-from coda.tokenizer import CONFIG_NAME, Tokenizer
+from coda.tokenizer import Tokenizer
 
 from . import figures, readme, tables
 
 ORIGINAL = "original"  # key of recon_samples that holds the validation images themselves
-FIGURE_NAMES = {"grid": "reconstructions.png", "usage": "code_usage.png", "curves": "training_curves.png",
-                "rate_distortion": "rate_distortion.png"}
 GRID_COLUMNS = 8  # reconstructions shown per row
 
 
@@ -79,7 +78,7 @@ def build_report(metrics_files: dict, reported_csv, out_dir, experiments_meta: d
     table1 = tables.table1(metrics, reported, experiments_meta)
     ablation = tables.ablation(metrics, reported)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = {"table1": out_dir / "table1.csv", "ablation": out_dir / "ablation.csv"}
+    written = {"table1": out_dir / TABLE1, "ablation": out_dir / ABLATION}
     write_text(written["table1"], table1.to_csv(index=False))
     write_text(written["ablation"], ablation.to_csv(index=False))
 

@@ -1,10 +1,11 @@
-"""The README's demo table, written from the report's own numbers (results/metrics/<name>.json), so
-the README quotes what the pipeline measured: ``python -m coda.report.demo_table`` prints it, and
-tests/test_readme.py checks the README's copy against results/."""
+"""The README's demo table, written from the report's own numbers (<report>/metrics/<name>.json), so
+the README quotes what the pipeline measured: ``python -m coda.report.demo_table [METRICS_DIR]`` prints
+it; ``make publish`` copies a demo run's results/ to docs/demo/ and writes the table into README.md
+(``--readme README.md``), and tests/test_readme.py checks the README's copy against docs/demo/."""
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 # (experiment, what it adds); the ceiling first, then the ladder in the paper's order
@@ -32,5 +33,25 @@ def demo_table(metrics_dir: str | Path = "results/metrics") -> str:
     return "\n".join(lines)
 
 
+START, END = "<!-- demo-table: make publish -->\n", "\n<!-- /demo-table -->"
+
+
+def write_into(readme: str | Path, table: str) -> None:
+    """Replace the table between the README's demo-table markers."""
+    readme = Path(readme)
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{readme} has no {START.strip()} ... {END.strip()} block")
+    head, rest = text.split(START, 1)
+    readme.write_text(head + START + table + END + rest.split(END, 1)[1])
+
+
 if __name__ == "__main__":
-    print(demo_table(*sys.argv[1:]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("metrics_dir", nargs="?", default="results/metrics")
+    parser.add_argument("--readme", help="write the table into this file's demo-table block instead of printing it")
+    args = parser.parse_args()
+    if args.readme:
+        write_into(args.readme, demo_table(args.metrics_dir))
+    else:
+        print(demo_table(args.metrics_dir))

@@ -1,3 +1,3 @@
 """Training: ``coda.train.stage.train(experiment, vae_dir, out_dir, images=... | latents=...)`` is the
-API; the command line is ``coda train`` (``torchrun --nproc_per_node N -m coda train ...`` for data
-parallel). Nothing is imported here."""
+API; the command line is ``coda train`` (data-parallel on ``train.processes`` ranks it starts
+itself, ``coda.train.launch``). Nothing is imported here."""

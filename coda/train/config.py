@@ -3,7 +3,7 @@
 This dataclass is the one list of train settings: the schema's ``$defs/train`` properties name the
 same keys (tests/test_train_units.py checks it), and a setting marked ``resumable`` may change
 between a run and its resumption (bookkeeping and speed, never what is computed). No torch here:
-the input check (coda/inputs.py) reads these defaults before any stage runs. The DINO options
+the input check (coda/external_inputs.py) reads these defaults before any stage runs. The DINO options
 (``dino_view``, ``dino_heads``) are checked by ``coda.discriminators.check_discriminator``, beside
 the discriminator that defines them.
 """
@@ -38,6 +38,8 @@ class TrainConfig:
     seed: int = 42
     # optimisation (docs/method.md section 5)
     lr: float = 5e-4
+    lr_schedule_span: int = 1           # the cosine spans this many runs: 1 reaches zero at the last step;
+                                        # the release's 8-process launch spans 8 (docs/method.md section 5)
     betas: tuple[float, float] = (0.5, 0.9)
     weight_decay: float = 0.005         # generator: LoRA + quantizer
     disc_weight_decay: float = 0.0005
@@ -62,6 +64,9 @@ class TrainConfig:
     disc_objective: str = "release"     # release: D's gradients also get the generator's GAN term; hinge alone
     dino_view: str = "crop_or_area"     # release: random 224 crop or area resize, 50/50; bilinear: resize
     dino_heads: str = "release"         # release: trunc-normal(0.02) init, BatchNorm eps 1e-6, synced; torch
+    # processes of the train job, one GPU each; `coda train` starts them itself (coda/train/launch.py).
+    # With global_batch set they train the same steps at any count, so a run may resume at another.
+    processes: int = resumable(1)
     # bookkeeping
     checkpoint_every: int = resumable(1000)
     keep_checkpoints: int = resumable(2)     # the newest ones kept: a damaged last one costs one interval
@@ -81,7 +86,8 @@ class TrainConfig:
         choices = {"data_mode": DATA_MODES, "discriminator": DISCRIMINATORS, "disc_objective": DISC_OBJECTIVES}
         checks = {key: getattr(self, key) in allowed for key, allowed in choices.items()}
         checks |= {
-            "batch_size": self.batch_size >= 1, "grad_accum": self.grad_accum >= 1,
+            "batch_size": self.batch_size >= 1, "processes": self.processes >= 1,
+            "lr_schedule_span": self.lr_schedule_span >= 1, "grad_accum": self.grad_accum >= 1,
             "global_batch": self.global_batch is None or self.global_batch >= 1,
             "checkpoint_every": self.checkpoint_every >= 1,
             "keep_checkpoints": self.keep_checkpoints >= 1,

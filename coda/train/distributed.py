@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..devices import pick_device
+
 
 @dataclass
 class DistInfo:
@@ -32,7 +34,7 @@ def setup(device: str = "auto") -> DistInfo:
     """Pick the device and, under torchrun, join the process group (gloo on CPU, nccl on GPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    use_cuda = pick_device(device).type == "cuda"
     if use_cuda:
         torch.cuda.set_device(local_rank)
     owns = world > 1 and not dist.is_initialized()

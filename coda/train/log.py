@@ -14,10 +14,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..artifacts import RUN_RECORD
 from ..files import library_versions, write_json, write_text
 
-LOG = "train_log.tsv"
-RUN = "run.json"
 PHASE = "phase"  # the published log's second column: which run of the stage wrote the row (latents | images)
 
 
@@ -97,12 +96,12 @@ def progress_bar(total: int, initial: int, enabled: bool, interval: float) -> tq
 
 def start_run_record(out_dir: Path, record: dict, start_step: int) -> None:
     """run.json while training: the settings, what ran, library versions and the steps resumed from."""
-    path = out_dir / RUN
+    path = out_dir / RUN_RECORD
     previous = json.loads(path.read_text()) if start_step and path.exists() else {}
     resumed = previous.get("resumed_from", []) + ([start_step] if start_step else [])
     write_json(path, {**record, "versions": library_versions(), "resumed_from": resumed, "status": "running"})
 
 
 def finish_run_record(out_dir: Path, steps: int) -> None:
-    run = json.loads((out_dir / RUN).read_text())
-    write_json(out_dir / RUN, {**run, "status": "finished", "steps": steps})
+    run = json.loads((out_dir / RUN_RECORD).read_text())
+    write_json(out_dir / RUN_RECORD, {**run, "status": "finished", "steps": steps})

@@ -18,21 +18,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..artifacts import CHECKPOINTS, TOKENIZER_DIR, TOKENIZER_LIVE_DIR, TRAIN_LOG
 from ..discriminators import build_discriminator, synchronise_batchnorm
 from ..ema import EMA
+from ..errors import UserError
 from ..losses import LPIPSLoss, TokenizerLoss, gan_ramp
+from ..schedule import learning_rate
 from . import distributed
 from .checkpoint import resume_training_state, save_training_state
 from .config import TrainConfig
 from .inputs import build_tokenizer, micro_batch_stream, mix_seeds
-from .log import LOG, TsvLog, finish_run_record, progress_bar, publish_log, start_run_record
-from ..schedule import learning_rate
+from .log import TsvLog, finish_run_record, progress_bar, publish_log, start_run_record
 
-CHECKPOINTS = "checkpoints"
-
-
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """A loss or gradient became NaN/inf; training stopped before the optimizer step."""
+
+    exit_status = 3  # apart from a bad input: lower the learning rate, or resume from an earlier checkpoint
 
 
 @dataclass
@@ -113,7 +114,7 @@ def fit(cfg: TrainConfig, experiment: dict, vae_dir, out_dir, dataset, info, *, 
     columns = (["step", "epoch", "lr", "loss"] + objective.names
                + ["ramp", "grad_norm", "codes_used", "images_per_s"] + (["d_grad_norm"] if disc else []))
     if info.is_main:
-        log = TsvLog(checkpoints / LOG, columns, keep_until=start_step or None)  # kept across reruns
+        log = TsvLog(checkpoints / TRAIN_LOG, columns, keep_until=start_step or None)  # kept across reruns
         start_run_record(out_dir, {
             "config": experiment, "data_mode": cfg.data_mode, "posterior": tokenizer.posterior,
             "discriminator": disc.config if disc is not None else None,
@@ -132,7 +133,7 @@ def fit(cfg: TrainConfig, experiment: dict, vae_dir, out_dir, dataset, info, *, 
     while step < total_steps:
         t0 = time.perf_counter()
         epoch = step // steps_per_epoch
-        lr = learning_rate(step, total_steps, cfg.lr)
+        lr = learning_rate(step, total_steps * cfg.lr_schedule_span, cfg.lr)  # span > 1: the release's longer cosine
         ramp = gan_ramp(step, total_steps)
         for opt in (opt_g, opt_d):
             if opt is not None:
@@ -200,10 +201,10 @@ def fit(cfg: TrainConfig, experiment: dict, vae_dir, out_dir, dataset, info, *, 
 
     # --- final outputs: the EMA tokenizer (and optionally the live one)
     if info.is_main:
-        ema.model.save_pretrained(out_dir / "tokenizer")
+        ema.model.save_pretrained(out_dir / TOKENIZER_DIR)
         if cfg.save_live:
-            tokenizer.save_pretrained(out_dir / "tokenizer_live")
-        publish_log(out_dir / LOG, [*(earlier_phases or []), (cfg.data_mode, checkpoints / LOG)])
+            tokenizer.save_pretrained(out_dir / TOKENIZER_LIVE_DIR)
+        publish_log(out_dir / TRAIN_LOG, [*(earlier_phases or []), (cfg.data_mode, checkpoints / TRAIN_LOG)])
         finish_run_record(out_dir, step)
     return TrainResult(out_dir, step, tokenizer, ema.model, disc)
 

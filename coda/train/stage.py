@@ -6,13 +6,13 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from ..artifacts import CHECKPOINTS, TOKENIZER_DIR, TRAIN_LOG
 from ..discriminators import check_discriminator
 from ..files import write_text
 from . import distributed
 from .config import TrainConfig
 from .inputs import open_dataset
-from .log import LOG
-from .loop import CHECKPOINTS, TrainResult, fit
+from .loop import TrainResult, fit
 
 WARMUP = "quantizer_warmup"
 
@@ -47,7 +47,7 @@ def train(experiment: dict, vae_dir, out_dir, *, images=None, latents=None, on_s
         result = fit(warm, {**experiment, "lora": None, "train": warm.to_dict()}, vae_dir, Path(out_dir) / WARMUP,
                      open_dataset("latents", images, latents, warm.seed), info, data=_describe(latents))
         init_quantizer = result.ema_tokenizer.quantizer.state_dict()
-        earlier_phases = [("latents", Path(out_dir) / WARMUP / CHECKPOINTS / LOG)]  # the curves start with it
+        earlier_phases = [("latents", Path(out_dir) / WARMUP / CHECKPOINTS / TRAIN_LOG)]  # the curves start with it
     dataset = open_dataset(cfg.data_mode, images, latents, cfg.seed)
     result = fit(cfg, experiment, vae_dir, out_dir, dataset, info, init_quantizer=init_quantizer, on_step=on_step,
                  data=_describe(latents if cfg.data_mode == "latents" else images), earlier_phases=earlier_phases)
@@ -71,5 +71,5 @@ def save_released(experiment: dict, out_dir) -> None:
     hub = {"repo_id": repo, "local_files_only": True} if repo else {}
     tokenizer = Tokenizer.from_official(*released_files(experiment), variant=experiment.get("variant", "f16"),
                                         posterior=experiment.get("posterior", "sample"), **hub)
-    tokenizer.save_pretrained(Path(out_dir) / "tokenizer")
-    write_text(Path(out_dir) / LOG, "step\n")
+    tokenizer.save_pretrained(Path(out_dir) / TOKENIZER_DIR)
+    write_text(Path(out_dir) / TRAIN_LOG, "step\n")

@@ -4,6 +4,7 @@ rule prepare:
     params: values=tracked("prepare")
     log: f"{LOGS}/prepare.log"
     benchmark: f"{LOGS}/benchmarks/prepare.tsv"
+    threads: THREADS
     conda: "../envs/coda.yaml"
     shell: f"coda prepare --scale {SCALE} --out {WORK}/prepared --log {LOGS}/prepare.log"
 
@@ -15,7 +16,7 @@ rule vae:
     params: values=tracked("vae")
     log: f"{LOGS}/vae.log"
     benchmark: f"{LOGS}/benchmarks/vae.tsv"
-    threads: 1
+    threads: THREADS
     resources: gpu=1
     conda: "../envs/coda.yaml"
     shell: f"coda vae --scale {SCALE} --prepared {WORK}/prepared --out {WORK}/vae --log {LOGS}/vae.log"
@@ -28,7 +29,7 @@ rule cache:
     params: values=tracked("cache")
     log: f"{LOGS}/cache.log"
     benchmark: f"{LOGS}/benchmarks/cache.tsv"
-    threads: 1
+    threads: THREADS
     resources: gpu=1
     conda: "../envs/coda.yaml"
     shell: f"coda cache --scale {SCALE} --prepared {WORK}/prepared --vae {WORK}/vae --out {WORK}/cache --log {LOGS}/cache.log"

@@ -5,7 +5,7 @@ rule reference:
     params: values=tracked("reference")
     log: f"{LOGS}/reference.log"
     benchmark: f"{LOGS}/benchmarks/reference.tsv"
-    threads: 1
+    threads: THREADS
     resources: gpu=1
     conda: "../envs/coda.yaml"
     shell: f"coda reference --scale {SCALE} --prepared {WORK}/prepared --out {WORK}/reference --log {LOGS}/reference.log"
@@ -16,7 +16,7 @@ rule evaluate:
     params: values=tracked("evaluate")
     log: f"{LOGS}/evaluate/{{experiment}}.log"
     benchmark: f"{LOGS}/benchmarks/evaluate/{{experiment}}.tsv"
-    threads: 1
+    threads: THREADS
     resources: gpu=1
     conda: "../envs/coda.yaml"
     shell: f"coda evaluate --scale {SCALE} --experiment {{wildcards.experiment}} --prepared {WORK}/prepared --vae {WORK}/vae --reference {WORK}/reference --tokenizer {WORK}/train/{{wildcards.experiment}}/tokenizer --out {WORK}/eval/{{wildcards.experiment}} --log {LOGS}/evaluate/{{wildcards.experiment}}.log"
@@ -28,7 +28,7 @@ rule evaluate_vae:
     params: values=tracked("evaluate_vae")
     log: f"{LOGS}/evaluate/vae.log"
     benchmark: f"{LOGS}/benchmarks/evaluate/vae.tsv"
-    threads: 1
+    threads: THREADS
     resources: gpu=1
     conda: "../envs/coda.yaml"
     shell: f"coda evaluate --scale {SCALE} --experiment vae --prepared {WORK}/prepared --vae {WORK}/vae --reference {WORK}/reference --out {WORK}/eval/vae --log {LOGS}/evaluate/vae.log"
@@ -41,7 +41,7 @@ rule tokenize:
     params: values=tracked("tokenize")
     log: f"{LOGS}/tokenize/{{experiment}}.log"
     benchmark: f"{LOGS}/benchmarks/tokenize/{{experiment}}.tsv"
-    threads: 1
+    threads: THREADS
     resources: gpu=1
     conda: "../envs/coda.yaml"
     shell: f"coda tokenize --scale {SCALE} --experiment {{wildcards.experiment}} --prepared {WORK}/prepared --tokenizer {WORK}/train/{{wildcards.experiment}}/tokenizer --out {WORK}/tokens/{{wildcards.experiment}} --log {LOGS}/tokenize/{{wildcards.experiment}}.log"

@@ -19,5 +19,6 @@ rule report:
         model_cards=directory("results/model_cards"),
     params: values=tracked("report")
     log: f"{LOGS}/report.log"
+    threads: THREADS
     conda: "../envs/coda.yaml"
     shell: f"coda report --scale {SCALE} --reported references/reported.csv --prepared {WORK}/prepared --train {WORK}/train --eval {WORK}/eval --out results --log {LOGS}/report.log"

