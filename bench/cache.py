@@ -18,6 +18,7 @@ import torch
 
 from coda.cache import cache_latents
 from coda.data.datasets import ArrayImages
+from coda.pixels import from_uint8
 from coda.vae import ContinuousVAE
 
 
@@ -44,7 +45,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (args.images, args.resolution, args.resolution, 3), dtype=np.uint8)
     # The encoder's best case: batches already in memory, in the layout it runs fastest on.
-    in_memory = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1).contiguous(
+    in_memory = from_uint8(torch.from_numpy(pixels).permute(0, 3, 1, 2)).contiguous(
         memory_format=torch.channels_last)
     with tempfile.TemporaryDirectory() as tmp:
         npy = Path(tmp) / "images.npy"

@@ -1,6 +1,6 @@
 """Tokenize-stage throughput vs the bare encode + quantize loop, measured in one run.
 
-The tokenize stage (coda/tokens.py: loading in a DataLoader worker, encode + quantize, uint16 shards
+The tokenize stage (coda/token_files.py: loading in a DataLoader worker, encode + quantize, uint16 shards
 written by a background thread) should reach at least 90 % of ``Tokenizer.encode`` alone on batches
 already in memory: loading and writing must hide behind the model.
 
@@ -19,9 +19,10 @@ import torch
 from coda.config import experiment_config, load_params, scale_block
 from coda.data.datasets import ArrayImages
 from coda.lora import add_lora
+from coda.pixels import from_uint8
 from coda.quantizers import build_quantizer
 from coda.tokenizer import Tokenizer
-from coda.tokens import tokenize_splits
+from coda.token_files import tokenize_splits
 from coda.vae import ContinuousVAE
 
 
@@ -58,7 +59,7 @@ def main() -> None:
     tokenizer = demo_tokenizer()
     resolution = tokenizer.resolution
     pixels = np.random.default_rng(0).integers(0, 256, (args.images, resolution, resolution, 3), dtype=np.uint8)
-    in_memory = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1).contiguous()
+    in_memory = from_uint8(torch.from_numpy(pixels).permute(0, 3, 1, 2)).contiguous()
     with tempfile.TemporaryDirectory() as tmp:
         npy = Path(tmp) / "images.npy"
         np.save(npy, pixels)

@@ -28,14 +28,14 @@ from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
 from .data.bad_images import BadImage, reporting
-from .data.datasets import to_tensor
 from .data.framing import Framing, fit_to_square
 from .data.images import is_image_name, list_files, open_rgb
 from .devices import pick_device
-from .evaluation.metrics import psnr_uint8, to_uint8
+from .evaluation.metrics import psnr_uint8
 from .files import UnreadableFileError, atomic_path, reading
+from .pixels import array_to_tensor, to_uint8
 from .tokenizer import Tokenizer, tokenizer_sha256
-from .tokens import index_dtype
+from .token_files import index_dtype
 
 TOKEN_SUFFIX = ".safetensors"
 TOKEN_FORMAT = "coda-tokens/1"
@@ -89,7 +89,7 @@ def _generator(seed: int, device: str) -> torch.Generator:
 
 
 def _unit_batch(image: np.ndarray, device: str) -> torch.Tensor:
-    return to_tensor(np.array(image))[None].to(device)  # a copy: PIL's arrays are read-only
+    return array_to_tensor(np.array(image))[None].to(device)  # a copy: PIL's arrays are read-only
 
 
 def _as_image(output: torch.Tensor) -> np.ndarray:

@@ -95,13 +95,13 @@ def _measured(metrics: dict) -> str:
             ("LPIPS (AlexNet)", number("lpips_alex", ".3f", "lpips_missing_reason")),
             ("codebook utilization", number("codebook_utilization", ".1%")),
             ("code perplexity", number("code_perplexity", ".1f"))]
-    versions = ", ".join(f"{name} {v}" for name, v in metrics.get("library_versions", {}).items())
+    versions = ", ".join(f"{name} {v}" for name, v in (metrics.get("library_versions") or {}).items())
     protocol = (f"{metrics.get('num_images')} validation images of `{metrics.get('dataset')}` "
                 f"({metrics.get('crop')} crops) at {metrics.get('resolution')} x {metrics.get('resolution')}, "
                 f"posterior {metrics.get('posterior')}, seed {metrics.get('seed')}, "
                 f"FID protocol {metrics.get('fid_protocol') or 'torch-fidelity'}, "
                 f"{'EMA' if metrics.get('ema') else 'live'} weights (model.safetensors sha256 "
-                f"`{metrics.get('checkpoint_sha256')}`); {versions}.")
+                f"`{metrics.get('model_sha256')}`); {versions}.")
     return "| metric | value |\n|---|---|\n" + _table(rows) + "\n\n" + protocol
 
 
@@ -117,6 +117,8 @@ def tokenizer_sha256(tokenizer: "Tokenizer", directory: Path) -> str:
 class Tokenizer(nn.Module, ModelHubMixin, library_name="coda", license="apache-2.0", paper_url=PAPER_URL,
                 tags=["image-tokenizer", "vector-quantization", "coda"], model_card_template=CARD_TEMPLATE):
     """VAE (+ LoRA) + quantizer. ``lora`` is the ``add_lora`` settings the VAE was adapted with."""
+
+    kind = "tokenizer"  # what an evaluation record calls it (coda.evaluation.ceiling: the continuous VAE)
 
     def __init__(self, vae: ContinuousVAE, quantizer: nn.Module, lora: dict | None = None,
                  posterior: str = "sample"):
@@ -136,27 +138,31 @@ class Tokenizer(nn.Module, ModelHubMixin, library_name="coda", license="apache-2
     def indices_per_image(self) -> int:
         return sum(s * s for s in self.quantizer.scales)
 
-    def latent(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Normalised VAE latent of ``images``: a posterior sample or its mean, as configured."""
+    def latent(self, images: torch.Tensor, generator: torch.Generator | None = None,
+               posterior: str | None = None) -> torch.Tensor:
+        """Normalised VAE latent of ``images``: a posterior sample or its mean (``posterior``; default
+        the tokenizer's own setting)."""
         if images.ndim != 4 or images.shape[-2:] != (self.resolution, self.resolution):
             raise ValueError(
                 f"expected images of shape B x 3 x {self.resolution} x {self.resolution} in [-1, 1] "
                 f"(the quantizer's last scale {self.quantizer.latent_size} times the VAE's "
                 f"downsampling {self.vae.downsample_factor}), got {tuple(images.shape)}")
-        return self.vae.latent(images, mode=self.posterior, generator=generator)
+        return self.vae.latent(images, mode=posterior or self.posterior, generator=generator)
 
-    def quantize(self, images: torch.Tensor, generator: torch.Generator | None = None) -> QuantizerOutput:
-        return self.quantizer(self.latent(images, generator))
+    def quantize(self, images: torch.Tensor, generator: torch.Generator | None = None,
+                 posterior: str | None = None) -> QuantizerOutput:
+        return self.quantizer(self.latent(images, generator, posterior))
 
-    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None):
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None, posterior: str | None = None):
         """Training pass: (reconstruction, quantizer output)."""
-        out = self.quantize(images, generator)
+        out = self.quantize(images, generator, posterior)
         return self.vae.decode(out.f_hat), out
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None,
+               posterior: str | None = None) -> list[torch.Tensor]:
         """Images -> one LongTensor of code indices (B x s x s) per scale."""
-        return self.quantize(images, generator).indices
+        return self.quantize(images, generator, posterior).indices
 
     @torch.no_grad()
     def decode(self, indices: list[torch.Tensor], scales: int | None = None) -> torch.Tensor:
@@ -165,8 +171,9 @@ class Tokenizer(nn.Module, ModelHubMixin, library_name="coda", license="apache-2
         return self.vae.decode(self.quantizer.indices_to_latent(indices, scales))
 
     @torch.no_grad()
-    def reconstruct(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self(images, generator)[0]
+    def reconstruct(self, images: torch.Tensor, generator: torch.Generator | None = None,
+                    posterior: str | None = None) -> torch.Tensor:
+        return self(images, generator, posterior)[0]
 
     # -- persistence ---------------------------------------------------------------------------
     @property
@@ -204,7 +211,7 @@ class Tokenizer(nn.Module, ModelHubMixin, library_name="coda", license="apache-2
                             repo_id: str = "<repo id or folder>") -> ModelCard:
         """The card: what the tokenizer is, the measured ``metrics`` (an evaluation record) if given,
         the ``figure`` (a link, relative to the card) and the citation."""
-        if isinstance(metrics, (str, Path)):
+        if isinstance(metrics, (str, Path)):  # read by field name: a train stage's code need not know the record type
             with reading(metrics, "metrics file (the evaluate stage's metrics.json)",
                          "rerun the evaluate stage that wrote it"):
                 metrics = json.loads(Path(metrics).read_text())

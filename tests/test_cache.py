@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch.utils.data import Dataset, Subset
 
-from coda.cache import LatentDataset, cache_latents, shard_name
+from coda.cache import LatentDataset, cache_latents
+from coda.shards import shard_name
 from coda.data.datasets import ArrayImages
 from coda.vae import ContinuousVAE
 

@@ -262,7 +262,7 @@ def test_npy_rows_keeps_the_rows_written_and_leaves_nothing_on_error(tmp_path):
     rows = [np.full((4, 4, 3), i, np.uint8) for i in range(7)]
     with npy_rows(tmp_path / "x.npy", 10, (4, 4, 3)) as w:
         for r in rows:
-            w.append(r)
+            w.append(r[None])
     arr = np.load(tmp_path / "x.npy")
     assert arr.shape == (7, 4, 4, 3) and arr.dtype == np.uint8
     np.testing.assert_array_equal(arr, np.stack(rows))
@@ -272,7 +272,7 @@ def test_npy_rows_keeps_the_rows_written_and_leaves_nothing_on_error(tmp_path):
     (tmp_path / "ref.npy").unlink()
     with pytest.raises(RuntimeError):
         with npy_rows(tmp_path / "y.npy", 3, (2,)) as w2:
-            w2.append(np.zeros(2, np.uint8))
+            w2.append(np.zeros((1, 2), np.uint8))
             raise RuntimeError("boom")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from coda.evaluation import (CodeUsage, FrechetStatistics, evaluate_tokenizer, perplexity, psnr_uint8,
                              resolve_inception_weights, ssim_uint8, to_uint8)
+from coda.evaluation.ceiling import ContinuousCeiling
 from coda.evaluation.frechet import OFFICIAL_INCEPTION_FILE, PairedFrechet
 from coda.files import file_sha256
 
@@ -70,7 +71,7 @@ class DistortingVAE(nn.Module):
 def evaluate_distortion(val_npy, distort, **kwargs):
     vae = DistortingVAE(distort)
     vae.generator = torch.Generator().manual_seed(0)
-    return evaluate_tokenizer(None, vae, val_npy, batch_size=3, device="cpu", **kwargs)
+    return evaluate_tokenizer(ContinuousCeiling(vae), val_npy, batch_size=3, device="cpu", **kwargs)
 
 
 def gaussian_noise(sigma):
@@ -82,12 +83,12 @@ class IndexReplayTokenizer(nn.Module):
 
     def __init__(self, per_image_indices, codebook_size):
         super().__init__()
-        self.per_image, self.cursor, self.posterior, self.lora = per_image_indices, 0, "sample", None
+        self.per_image, self.cursor, self.posterior, self.lora, self.kind = per_image_indices, 0, "sample", None, "tokenizer"
         self.vae = DistortingVAE()
         self.quantizer = SimpleNamespace(codebook_size=codebook_size, scales=[len(m) for m in per_image_indices[0]],
                                          config={"kind": "replay"})
 
-    def forward(self, images, generator=None):
+    def forward(self, images, generator=None, posterior=None):
         batch = self.per_image[self.cursor:self.cursor + len(images)]
         self.cursor += len(images)
         indices = [torch.tensor([image[s] for image in batch]) for s in range(len(self.quantizer.scales))]
@@ -175,11 +176,12 @@ def test_to_uint8_rounds_and_clamps():
 
 
 def test_code_usage_is_exact_on_hand_made_indices():
-    usage = CodeUsage(codebook_size=8, num_scales=2)
+    usage = CodeUsage(codebook_size=8, scales=[1, 2])
     usage.update([torch.tensor([[[0]], [[1]]]), torch.tensor([[[2, 3], [2, 2]], [[2, 3], [2, 2]]])])
     usage.update([torch.tensor([[[0]]]), torch.tensor([[[7, 7], [7, 7]]])])
     assert usage.counts.tolist() == [[2, 1, 0, 0, 0, 0, 0, 0], [0, 0, 6, 2, 0, 0, 0, 4]]
-    summary = usage.summary()
+    summary = usage.result()
+    assert (summary["indices_per_image"], summary["bits_per_image"]) == (5, 15)
     assert summary["utilization_per_scale"] == [2 / 8, 3 / 8]
     assert summary["codebook_utilization"] == 5 / 8
     p = np.array([2, 1, 6, 2, 4]) / 15
@@ -194,7 +196,7 @@ def test_streamed_statistics_match_numpy():
     stats = FrechetStatistics()
     for chunk in features.split(3):
         stats.update(chunk)
-    result = stats.statistics()
+    result = stats.result()
     assert np.allclose(result["mu"], features.mean(0).numpy())
     assert np.allclose(result["sigma"], np.cov(features.numpy(), rowvar=False))
 
@@ -206,7 +208,7 @@ def test_identical_images_give_zero_distances_and_capped_psnr(val_npy, tmp_path)
     result = evaluate_distortion(val_npy, lambda x, g: x, out_json=out,
                                  meta={"experiment": "identity", "dataset": "photos", "crop": "center",
                                        "ema": False})
-    assert json.loads(out.read_text()) == result
+    assert json.loads(out.read_text()) == result.to_dict()
     # sqrt of eigenvalues that are 0 up to round-off (the covariances have rank 3) leaves ~1e-5
     assert abs(result["rfd_vgg16"]) < 1e-3
     assert result["lpips_vgg"] == 0 and result["lpips_alex"] == 0
@@ -215,9 +217,7 @@ def test_identical_images_give_zero_distances_and_capped_psnr(val_npy, tmp_path)
     # no Inception weights anywhere: rFID is missing with a reason, never a number
     assert result["rfid"] is None and "not available" in result["rfid_missing_reason"]
     assert result["kind"] == "continuous_vae" and result["codebook_utilization"] is None
-    for field in ("dataset", "num_images", "crop", "resolution", "posterior", "ema", "checkpoint_sha256",
-                  "library_versions"):
-        assert field in result
+    assert (result["dataset"], result["crop"], result["ema"], result["model_sha256"]) == ("photos", "center", False, None)
     assert result["num_images"] == 4 and result["resolution"] == 64 and result["posterior"] == "sample"
     assert set(result["library_versions"]) >= {"torch", "torch-fidelity", "lpips", "scikit-image", "coda"}
 
@@ -235,7 +235,7 @@ def test_evaluator_counts_codes_exactly_across_uneven_batches(tmp_path):
     np.save(val, np.zeros((5, 8, 8, 3), np.uint8))  # codes come from the replay, not the pixels
     per_image = [[[[k % 2]], [[2, 3], [2, 2]]] for k in range(5)]
     counts_path = tmp_path / "code_counts.npy"
-    result = evaluate_tokenizer(IndexReplayTokenizer(per_image, codebook_size=8), None, val, batch_size=2,
+    result = evaluate_tokenizer(IndexReplayTokenizer(per_image, codebook_size=8), val, batch_size=2,
                                 device="cpu", perceptual=False, code_counts_out=counts_path,
                                 recon_samples_out=tmp_path / "recon.npy", num_recon_samples=3)
     assert np.load(counts_path).tolist() == [[3, 2, 0, 0, 0, 0, 0, 0], [0, 0, 15, 5, 0, 0, 0, 0]]
@@ -256,9 +256,9 @@ def test_real_tokenizer_runs_and_hashes_its_checkpoint(tmp_path):
     directory = tokenizer.save_pretrained(tmp_path / "tok")
     val = tmp_path / "val.npy"
     np.save(val, photo_crops(2, size=32))
-    result = evaluate_tokenizer(tokenizer, None, val, batch_size=2, posterior="mean", device="cpu",
-                                perceptual=False, meta={"checkpoint": directory})
-    assert result["checkpoint_sha256"] == file_sha256(directory / "model.safetensors")
+    result = evaluate_tokenizer(tokenizer, val, batch_size=2, posterior="mean", device="cpu",
+                                perceptual=False, meta={"model_path": directory})
+    assert result["model_sha256"] == file_sha256(directory / "model.safetensors")
     assert result["posterior"] == "mean" and tokenizer.posterior == "sample"  # restored
     assert result["indices_per_image"] == 21 and result["bits_per_image"] == 21 * 5
     assert result["downsample"] == 8 and 0 < result["codebook_utilization"] <= 1
@@ -277,7 +277,7 @@ def test_progressive_rows_are_the_decodes_from_the_first_scales(tmp_path):
                                                                        scales=[1, 2, 4]), posterior="mean")
     val = tmp_path / "val.npy"
     np.save(val, photo_crops(3, size=32))
-    result = evaluate_tokenizer(tokenizer, None, val, batch_size=2, device="cpu", progressive=[1, 2, 9])
+    result = evaluate_tokenizer(tokenizer, val, batch_size=2, device="cpu", progressive=[1, 2, 9])
     rows = result["progressive"]
     assert [r["scales"] for r in rows] == [1, 2, 3]  # 9 > 3 scales means all of them
     assert [r["indices_per_image"] for r in rows] == [1, 5, 21]
@@ -291,8 +291,9 @@ def test_progressive_rows_are_the_decodes_from_the_first_scales(tmp_path):
         assert row["psnr"] == pytest.approx(float(psnr_uint8(reference, decoded).mean()), abs=1e-9)
         assert 0 < row["lpips_vgg"] and row["rfd_vgg16"] >= 0
     assert rows[0]["psnr"] != rows[-1]["psnr"]
-    assert evaluate_tokenizer(tokenizer, None, val, batch_size=2, device="cpu", perceptual=False)["progressive"] is None
+    assert evaluate_tokenizer(tokenizer, val, batch_size=2, device="cpu", perceptual=False)["progressive"] is None
     assert progressive_scales("all", 3) == [1, 2, 3] and progressive_scales("none", 3) == []
+    assert progressive_scales("all", 0) == progressive_scales([1, 2], 0) == []  # the continuous VAE: no scales
     for bad in ([0, 2], "some", 3):
         with pytest.raises(ValueError, match="evaluate.progressive"):
             progressive_scales(bad, 3)

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from coda.cli import main
 from coda.data.datasets import ArrayImages
 from coda.tokenizer import tokenizer_sha256
-from coda.tokens import tokenize_splits
+from coda.token_files import tokenize_splits
 from test_tokenizer import small_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]

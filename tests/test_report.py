@@ -21,7 +21,7 @@ def metrics_file(kind="tokenizer", rfid=None, official=False, **extra):
             "rfid_missing_reason": None if rfid is not None else "Inception-v3 weights not available offline",
             "rfd_vgg16": 12.5, "psnr": 24.0, "ssim": 0.7, "lpips_vgg": 0.2, "lpips_alex": 0.1,
             "dataset": "demo-photos", "num_images": 16, "crop": "center", "resolution": 64, "posterior": "sample",
-            "ema": True, "checkpoint_sha256": "ab" * 32, "downsample": 8,
+            "ema": True, "model_sha256": "ab" * 32, "downsample": 8,
             "library_versions": {"torch": "2.14.1", "torch_fidelity": "0.4.0"},
             "psnr_cap_db": 100.0, "ssim_implementation": "skimage"}
     if kind == "tokenizer":
@@ -112,7 +112,7 @@ def test_report_tables_figures_and_readme(inputs, tmp_path):
     assert numbers["coda"]["rfid"] == 3.0 and "rfid" not in numbers["ablate_vq"]  # test-only weights
     assert numbers["coda"]["inception_score"] == 180.0 and "inception_score" not in numbers["ablate_vq"]
     assert "codebook_utilization" not in numbers["vae"] and numbers["coda"]["psnr"] == 24.0
-    assert json.loads((out / "provenance" / "coda.json").read_text())["checkpoint_sha256"] == "ab" * 32
+    assert json.loads((out / "provenance" / "coda.json").read_text())["model_sha256"] == "ab" * 32
     assert "progressive" not in numbers["ablate_rvq"]  # per-k rows are provenance, not DVC metrics
     assert len(json.loads((out / "provenance" / "ablate_rvq.json").read_text())["progressive"]) == 3
     assert (out / "curves" / "coda.tsv").read_text() == inputs["logs"]["coda"].read_text()

@@ -52,6 +52,9 @@ def test_posterior_mean_is_deterministic_and_sample_is_not():
     a = sample_tok.latent(x, torch.Generator().manual_seed(0))
     b = sample_tok.latent(x, torch.Generator().manual_seed(1))
     assert not torch.equal(a, b)
+    # the mode is an argument of each call too; the tokenizer's own setting is only the default
+    assert torch.equal(sample_tok.reconstruct(x, posterior="mean"), mean_tok.reconstruct(x))
+    assert all(map(torch.equal, sample_tok.encode(x, posterior="mean"), mean_tok.encode(x)))
 
 
 @pytest.mark.parametrize("lora", [True, False])

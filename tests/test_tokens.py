@@ -1,4 +1,4 @@
-"""Token files for a generator (coda/tokens.py): the val tokens decode to the evaluate stage's
+"""Token files for a generator (coda/token_files.py): the val tokens decode to the evaluate stage's
 reconstructions bit for bit, an interrupted run resumes by shard, and shards of another tokenizer
 are recomputed."""
 from __future__ import annotations
@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from coda.data.datasets import ArrayImages
 from coda.evaluation.evaluate import evaluate_tokenizer
-from coda.evaluation.metrics import to_uint8
-from coda.tokens import TokenDataset, index_dtype, tokenize_splits
+from coda.pixels import to_uint8
+from coda.token_files import TokenDataset, index_dtype, tokenize_splits
 from test_cache import CrashAt
 from test_tokenizer import small_tokenizer
 
@@ -58,7 +58,7 @@ def shards(directory):
 
 def test_val_tokens_decode_to_the_evaluate_stage_reconstructions_bit_for_bit(tmp_path, splits):
     tokenizer = small_tokenizer(posterior="sample")
-    evaluate_tokenizer(tokenizer, None, splits["val"].path, tmp_path / "metrics.json", batch_size=BATCH, seed=0,
+    evaluate_tokenizer(tokenizer, splits["val"].path, tmp_path / "metrics.json", batch_size=BATCH, seed=0,
                        recon_samples_out=tmp_path / "recon.npy", num_recon_samples=7, perceptual=False,
                        device="cpu")
     run(splits, tmp_path / "tokens", tokenizer)

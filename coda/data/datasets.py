@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..artifacts import META, TRAIN_FILES, TRAIN_MANIFEST, TRAIN_NPY, VAL_FILES
-from ..files import reading
+from ..pixels import array_to_tensor, read_image_array
 from .bad_images import BadImage
 from .crops import train_crop
 from .images import read_rgb
@@ -20,25 +20,13 @@ from .layout import read_tsv
 MAX_RETRIES = 50
 
 
-def to_tensor(arr: np.ndarray) -> torch.Tensor:
-    """uint8 H x W x 3 -> float32 3 x H x W in [-1, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float()
-    return t.div_(127.5).sub_(1.0)
-
-
 class ArrayImages(Dataset):
     """A uint8 N x H x W x 3 ``.npy`` (val.npy, the demo's train.npy), memory-mapped and opened lazily,
     so DataLoader workers each map the file instead of copying it."""
 
     def __init__(self, npy_path):
         self.path = Path(npy_path)
-        if not self.path.exists():
-            raise FileNotFoundError(f"image array not found: {self.path} (run the prepare stage)")
-        with reading(self.path, "uint8 image array", "rerun the prepare stage"):
-            arr = np.load(self.path, mmap_mode="r")
-        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
-            raise ValueError(f"{self.path}: expected uint8 N x H x W x 3, got {arr.dtype} {arr.shape}")
-        self.shape = tuple(arr.shape)
+        self.shape = tuple(read_image_array(self.path).shape)
         self._arr = None  # opened lazily in each process
 
     def __len__(self) -> int:
@@ -46,8 +34,8 @@ class ArrayImages(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         if self._arr is None:
-            self._arr = np.load(self.path, mmap_mode="r")
-        return to_tensor(np.array(self._arr[index]))
+            self._arr = read_image_array(self.path)
+        return array_to_tensor(np.array(self._arr[index]))
 
     def __getstate__(self):
         return {**self.__dict__, "_arr": None}
@@ -83,7 +71,7 @@ class ManifestImages(Dataset):
             if i not in self._bad:
                 try:
                     img = read_rgb(self.root / self.paths[i], self.min_size)
-                    return to_tensor(train_crop(img, self.resolution, rng))
+                    return array_to_tensor(train_crop(img, self.resolution, rng))
                 except BadImage as exc:
                     self._bad.add(i)
                     warnings.warn(f"skipping bad training image {exc} (drawing another)",

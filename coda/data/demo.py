@@ -80,7 +80,7 @@ def _make_split(split: str, names, out_dir: Path, report, resolution: int, crops
                            "width": int(arr.shape[1]), "first": writer.n, "count": crops_per_photo})
             for crop, short, left, top in photo_crops(arr, resolution, crops_per_photo,
                                                       _rng(seed, name, split)):
-                rows.append((writer.append(crop), name, short, left, top))
+                rows.append((writer.append(crop[None]), name, short, left, top))
     write_tsv(out_dir / tsv, ("index", "photo", "short_side", "left", "top"), rows)
     return photos, len(rows)
 

@@ -102,7 +102,7 @@ def _build_val(val_dir: Path, out_dir: Path, report, resolution: int, crop_fn, m
         for _, rel, cls, (arr, converted) in _checked(_in_threads(load, paths), len(paths), val_dir,
                                                       report, "val: decode + crop"):
             report.add_ok(converted)
-            files.append((writer.append(arr), rel, cls))
+            files.append((writer.append(arr[None]), rel, cls))
         if not files:
             raise ValueError(f"none of the {len(paths)} validation images in {val_dir} could be "
                              f"used; see {out_dir / PREPARE_REPORT}")

@@ -10,10 +10,10 @@ import io
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 from numpy.lib import format as npformat
 
 from ..files import atomic_path
+from ..pixels import RowWriter, write_npy_header
 
 # The folder's file names are in coda/artifacts.py (META, TRAIN_NPY, VAL_NPY, ...), with every other stage's.
 FORMAT_VERSION = 1
@@ -37,41 +37,30 @@ def remove_outputs(out_dir, names) -> None:
         (Path(out_dir) / name).unlink(missing_ok=True)
 
 
-class _Rows:
-    def __init__(self, array: np.memmap):
-        self.array, self.n = array, 0
-
-    def append(self, row) -> int:
-        self.array[self.n] = row
-        self.n += 1
-        return self.n - 1
-
-
 @contextmanager
 def npy_rows(path, capacity: int, row_shape):
-    """Yield a writer whose ``append`` adds a uint8 row to a memory-mapped ``.npy`` of ``capacity``
-    rows, so the array is never held in memory (ImageNet's val.npy is 9.8 GB). On success the file
-    keeps the rows appended and moves into place; on an error no file is left behind."""
+    """Yield a ``coda.pixels.RowWriter`` whose ``append`` adds uint8 rows to a ``.npy`` of at most
+    ``capacity`` rows, written as they come, so the array is never held in memory (ImageNet's val.npy
+    is 9.8 GB). On success the file keeps the rows appended and moves into place; on an error no
+    file is left behind."""
+    shape = (int(capacity), *row_shape)
     with atomic_path(path) as tmp:
-        rows = _Rows(npformat.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                          shape=(int(capacity), *row_shape)))
-        yield rows
-        rows.array.flush()
-        del rows.array
-        _keep_rows(tmp, rows.n, int(np.prod(row_shape)))
+        with open(tmp, "wb") as fh:
+            write_npy_header(fh, shape)
+            rows = RowWriter(fh, shape)
+            yield rows
+        _keep_rows(tmp, rows.n)
 
 
-def _keep_rows(path, n: int, row_bytes: int) -> None:
-    """Rewrite a uint8 ``.npy`` header for ``n`` rows in place and cut the file after them. numpy
-    pads its headers so the first dimension can grow to 21 digits: the length never changes."""
+def _keep_rows(path, n: int) -> None:
+    """Rewrite a uint8 ``.npy`` header for the ``n`` rows written, in place: numpy pads its headers
+    so the first dimension can grow to 21 digits, and the length never changes."""
     with open(path, "r+b") as fh:
-        npformat.read_magic(fh)  # open_memmap writes version 1.0 for a uint8 array
+        npformat.read_magic(fh)
         shape, _, _ = npformat.read_array_header_1_0(fh)
         header = io.BytesIO()
-        npformat.write_array_header_1_0(
-            header, {"descr": "|u1", "fortran_order": False, "shape": (n, *shape[1:])})
+        write_npy_header(header, (n, *shape[1:]))
         if len(header.getvalue()) != fh.tell():
             raise ValueError(f"{path}: the .npy header would change length")
         fh.seek(0)
         fh.write(header.getvalue())
-        fh.truncate(fh.tell() + n * row_bytes)

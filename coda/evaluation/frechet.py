@@ -19,6 +19,7 @@ from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, i
 from torch_fidelity.utils import create_feature_extractor
 
 from coda.files import file_sha256
+from coda.pixels import uint8_to_zero_one
 
 INCEPTION_EXTRACTOR = "inception-v3-compat"
 # torch-fidelity's release file; torch.hub names files <stem>-<first 8 hex digits of sha256>.
@@ -56,7 +57,7 @@ class FrechetStatistics:
         self.sum += features.sum(0)
         self.outer += features.T @ features
 
-    def statistics(self) -> dict:
+    def result(self) -> dict:
         """{"mu", "sigma"} as numpy float64; sigma is unbiased (N - 1), as numpy.cov computes it."""
         if self.fixed is not None:
             return self.fixed
@@ -82,7 +83,7 @@ class FeatureSet:
         """(Frechet features, IS logits or None) of B x 3 x H x W images. ``images_unit``: the same
         images as floats in [0, 1] before rounding, which the release-float protocol reads instead."""
         if self.float_input:
-            unit = images_uint8.float() / 255 if images_unit is None else images_unit
+            unit = uint8_to_zero_one(images_uint8) if images_unit is None else images_unit
             outputs = _inception_on_float(self.module, unit.to(self.device))
         else:
             outputs = self.module(images_uint8.to(self.device))
@@ -133,11 +134,11 @@ class PairedFrechet:
         if logits is not None:
             self.logits.append(logits.detach().to("cpu", torch.float32))
 
-    def distance(self, reconstruction: FrechetStatistics | None = None) -> float:
+    def result(self, reconstruction: FrechetStatistics | None = None) -> float:
         """To the references: of ``self.reconstruction``, or of other reconstructions of the same
         images (the progressive decodes share the reference statistics)."""
         reconstruction = self.reconstruction if reconstruction is None else reconstruction
-        distance = fid_statistics_to_metric(self.reference.statistics(), reconstruction.statistics(),
+        distance = fid_statistics_to_metric(self.reference.result(), reconstruction.result(),
                                             verbose=False)
         return float(distance[KEY_METRIC_FID])
 

@@ -18,16 +18,6 @@ SSIM_IMPLEMENTATION = ("skimage.metrics.structural_similarity(data_range=255, ch
                        "11x11 Gaussian window, on uint8 RGB, per image, averaged")
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """B x 3 x H x W in [-1, 1] -> uint8 (round, clamp): what a saved reconstruction would be."""
-    return ((images.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-
-
-def uint8_to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 -> float in [-1, 1], the range LPIPS and the VAE expect."""
-    return images.float() / 127.5 - 1
-
-
 def psnr_uint8(reference: torch.Tensor, test: torch.Tensor, cap_db: float = PSNR_CAP_DB) -> torch.Tensor:
     """Per-image PSNR (dB) of uint8 B x 3 x H x W tensors, peak 255, capped at ``cap_db``."""
     mse = (reference.double() - test.double()).pow(2).flatten(1).mean(1)
@@ -45,11 +35,12 @@ def ssim_uint8(reference: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
 
 
 class CodeUsage:
-    """Exact histograms of code indices, per scale and pooled over scales."""
+    """Exact histograms of code indices, per scale and pooled over scales, of a code with ``scales``
+    (side lengths) and ``codebook_size`` codes; a model without codes (no scales) has no statistics."""
 
-    def __init__(self, codebook_size: int, num_scales: int):
-        self.codebook_size = codebook_size
-        self.counts = torch.zeros(num_scales, codebook_size, dtype=torch.int64)
+    def __init__(self, codebook_size: int | None, scales):
+        self.codebook_size, self.scales = codebook_size, list(scales)
+        self.counts = torch.zeros(len(self.scales), codebook_size or 0, dtype=torch.int64)
 
     def update(self, indices: list[torch.Tensor]) -> None:
         if len(indices) != self.counts.shape[0]:
@@ -64,8 +55,14 @@ class CodeUsage:
     def pooled(self) -> torch.Tensor:
         return self.counts.sum(0)
 
-    def summary(self) -> dict:
+    def result(self) -> dict:
+        """The evaluation record's code fields (all None without codes: the continuous VAE)."""
+        if not self.scales:
+            return dict.fromkeys(CODE_FIELDS)
+        indices = sum(s * s for s in self.scales)
         return {
+            "codebook_size": self.codebook_size, "scales": self.scales, "indices_per_image": indices,
+            "bits_per_image": bits_per_image(indices, self.codebook_size),
             "codebook_utilization": utilization(self.pooled),
             "utilization_per_scale": [utilization(c) for c in self.counts],
             "code_perplexity": perplexity(self.pooled),
@@ -91,6 +88,10 @@ def bits_per_image(indices_per_image: int, codebook_size: int) -> float:
     return indices_per_image * math.log2(codebook_size)
 
 
+CODE_FIELDS = ("codebook_size", "scales", "indices_per_image", "bits_per_image", "codebook_utilization",
+               "utilization_per_scale", "code_perplexity", "code_perplexity_per_scale")
+
+
 class RunningMean:
     """Mean of per-image values, accumulated batch by batch in float64."""
 
@@ -101,8 +102,7 @@ class RunningMean:
         self.total += float(values.double().sum())
         self.count += values.numel()
 
-    @property
-    def value(self) -> float | None:
+    def result(self) -> float | None:
         return self.total / self.count if self.count else None
 
 

@@ -40,7 +40,7 @@ def save_reference(path: str | Path, statistics: dict[str, FrechetStatistics | N
             reason = reasons.get(name) or f"a Frechet distance needs at least 2 images, got {count}"
             sets[name] = {"missing_reason": reason}
             continue
-        result = stats.statistics()
+        result = stats.result()
         tensors[f"{name}.mu"] = torch.from_numpy(np.ascontiguousarray(result["mu"]))
         tensors[f"{name}.sigma"] = torch.from_numpy(np.ascontiguousarray(result["sigma"]))
         sets[name] = {**identities[name], "count": stats.count}

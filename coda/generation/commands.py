@@ -66,14 +66,14 @@ def check_same_tokenizer(expected: str | None, tokenizer_dir, what: str) -> "obj
 
 def train_generator(args, params) -> None:
     from ..config import ParamsError, scale_block
-    from ..tokens import TokenDataset, read_manifest
+    from ..token_files import TokenDataset, read_token_manifest
     from .train import GeneratorSettings, build_generator, fit
 
     try:
         settings = GeneratorSettings.from_dict(scale_block(params).get("generator"))
     except ValueError as error:
         raise ParamsError(f"scales.{params['scale']}.generator: {error}") from error
-    manifest = read_manifest(args.tokens)
+    manifest = read_token_manifest(args.tokens)
     if manifest.get("classes") is None:
         raise GenerationInputError(f"{args.tokens} holds tokens without class labels (written before labels "
                                    f"existed): rerun the tokenize stage (`coda tokenize`)")
@@ -95,10 +95,10 @@ def sample(args) -> None:
     import torch
     from safetensors.numpy import save_file
 
-    from ..evaluation.metrics import to_uint8
+    from ..pixels import to_uint8
     from ..files import atomic_path, library_versions, write_json
     from ..image_files import save_png
-    from ..tokens import index_dtype
+    from ..token_files import index_dtype
     from .model import NextScaleGenerator
     from .sampler import SamplingSettings, generate
 
@@ -142,7 +142,7 @@ def sample(args) -> None:
     record = {"generator": str(args.generator), "tokenizer": str(args.tokenizer), "tokenizer_sha256": sha,
               "classes": [names[c] for c in classes], "per_class": args.per_class, "count": len(arr),
               "seed": args.seed, "batch_size": args.batch_size, "sampling": settings.record(),
-              "uint8_rule": "round((x + 1) * 127.5), clamped to [0, 255] (coda.evaluation.metrics.to_uint8)",
+              "uint8_rule": "round((x + 1) * 127.5), clamped to [0, 255] (coda.pixels.to_uint8)",
               "device": device, "seconds": seconds, "images_per_s": len(arr) / seconds,
               "versions": library_versions()}
     write_json(out / SAMPLE_RECORD, record)

@@ -45,9 +45,9 @@ def extract(features: Features, images: Tensor, batch_size: int = 32) -> Tensor:
 
 def vgg16_features(device: str | torch.device = "cpu") -> Features:
     """The offline VGG16 relu5_3 extractor (spatially averaged, 512 features) of rFD-VGG16
-    (``coda.perceptual``): converted LPIPS weights, no download."""
+    (``coda.evaluation.vgg16``): converted LPIPS weights, no download."""
     from coda.evaluation.frechet import build_extractor
-    from coda.perceptual import register_vgg16_extractor
+    from coda.evaluation.vgg16 import register_vgg16_extractor
 
     module = build_extractor(register_vgg16_extractor(), torch.device(device))
     return lambda images: module(images.to(device))[0]
@@ -193,7 +193,7 @@ def feature_statistics(features: Tensor) -> dict:
 
     statistics = FrechetStatistics()
     statistics.update(features)
-    return statistics.statistics()
+    return statistics.result()
 
 
 def gfid(features: Tensor, reference: dict) -> float:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from coda.files import write_json, write_text
 from coda.artifacts import ABLATION, CONFIG_NAME, FIGURE_NAMES, TABLE1
+from coda.files import write_json, write_text
+from coda.pixels import read_image_array
 from coda.tokenizer import Tokenizer
 
 from . import figures, readme, tables
@@ -22,7 +23,7 @@ def _images(path, count: int) -> np.ndarray:
 
 def _originals(val_npy, metrics: dict[str, dict], count: int) -> np.ndarray:
     """The validation images the evaluations saved reconstructions of (evenly spread over the set)."""
-    images = np.load(val_npy, mmap_mode="r")
+    images = read_image_array(val_npy, "uint8 validation set")
     shown = next((r["recon_sample_indices"] for r in metrics.values() if r.get("recon_sample_indices")), None)
     # records from before the indices were recorded hold the first images
     return np.ascontiguousarray(images[:count] if shown is None else images[list(shown)[:count]])
@@ -92,7 +93,7 @@ def build_report(metrics_files: dict, reported_csv, out_dir, experiments_meta: d
 
     for name, record in metrics.items():
         write_json(out_dir / "metrics" / f"{name}.json", tables.compared_numbers(record))
-        write_json(out_dir / "provenance" / f"{name}.json", record)
+        record.write(out_dir / "provenance" / f"{name}.json")
     (out_dir / "curves").mkdir(exist_ok=True)  # `dvc plots show` draws loss against step from these
     for name, path in (train_logs or {}).items():
         if Path(path).is_file():

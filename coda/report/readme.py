@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import pandas as pd
 
+from coda.evaluation_record import EvaluationRecord
+
 from .tables import ABLATION_LADDER, is_ceiling
 
 PROTOCOL_FIELDS = [("dataset", "dataset"), ("num_images", "images"), ("crop", "crop"),
                    ("resolution", "resolution"), ("posterior", "posterior"), ("ema", "EMA weights"),
-                   ("checkpoint_sha256", "checkpoint sha256")]
+                   ("model_sha256", "model sha256")]
 
 
 def _cell(value) -> str:
@@ -58,7 +60,7 @@ def library_lines(metrics: dict[str, dict]) -> list[str]:
 
 
 def implementation_lines(metrics: dict[str, dict]) -> list[str]:
-    first = next(iter(metrics.values()), {})
+    first = next(iter(metrics.values()), EvaluationRecord()).to_dict()
     keys = [("PSNR", "psnr_cap_db"), ("SSIM", "ssim_implementation"), ("LPIPS", "lpips_implementation"),
             ("Frechet distances", "frechet_implementation"), ("FID protocol", "fid_protocol_implementation"),
             ("Inception Score", "inception_score_implementation")]

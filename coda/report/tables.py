@@ -1,11 +1,12 @@
 """Table 1 and the ablation table: computed metrics files next to the published numbers."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pandas as pd
+
+from coda.evaluation_record import EvaluationRecord
 
 TABLE1_COLUMNS = ["experiment", "method", "source", "vae", "downsample", "indices_per_image", "bits_per_image",
                   "codebook_size", "rfid", "rfd_vgg16", "psnr", "ssim", "lpips_vgg", "codebook_utilization",
@@ -35,9 +36,9 @@ QUANTIZER_LABELS = {"coda": "CODA quantizer (multi-scale, attention lookup)",
 CEILING_LABEL = "continuous VAE (no quantizer; ceiling)"
 
 
-def load_metrics(files: dict[str, str | Path]) -> dict[str, dict]:
+def load_metrics(files: dict[str, str | Path]) -> dict[str, EvaluationRecord]:
     """experiment name -> its evaluation record, for the files that exist."""
-    return {name: json.loads(Path(path).read_text()) for name, path in files.items() if Path(path).is_file()}
+    return {name: EvaluationRecord.read(path) for name, path in files.items() if Path(path).is_file()}
 
 
 # The numbers `dvc exp show` compares, one column each (everything else is provenance).

@@ -1,5 +1,5 @@
 """The pipeline's stages, one module each: a stage reads its settings from params.yaml and calls the
-method (coda/data, coda/vae_train, coda/cache.py, coda/train, coda/evaluation, coda/tokens.py,
+method (coda/data, coda/vae_train, coda/cache.py, coda/train, coda/evaluation, coda/token_files.py,
 coda/report). ``coda <stage>`` (coda/cli.py) runs them; a stage imports the method, never another
 stage, so each one's DVC code dependencies are what it runs (tests/test_layout.py derives them).
 

@@ -10,6 +10,7 @@ from ..artifacts import (COUNTS_FILE, METRICS_FILE, NPZ_FILE, REFERENCE_FILE, SA
 from ..config import (DEFAULT_VAE, ParamsError, at_scale, ceiling_name, experiment_config, experiment_vae,
                       scale_block, scale_vaes, vae_location)
 from ..data.datasets import read_meta
+from ..evaluation.ceiling import ContinuousCeiling
 from ..evaluation.evaluate import evaluate_tokenizer
 from ..tokenizer import Tokenizer
 from ..vae import ContinuousVAE
@@ -23,8 +24,9 @@ def evaluate(params: dict, *, experiment: str, prepared: str, vae: str, referenc
         posterior = params["experiments"]["base"].get("posterior", "sample")
         for name in scale_vaes(params):
             vae_dir = vae_location(vae, name)
-            _evaluate(params, None, vae_dir, prepared, reference, vae_location(out, name), posterior,
-                      experiment=ceiling_name(name), ema=None, method="continuous VAE", checkpoint=str(vae_dir))
+            ceiling = ContinuousCeiling(ContinuousVAE.from_pretrained(vae_dir / VAE_DIR))
+            _evaluate(params, ceiling, vae_dir, prepared, reference, vae_location(out, name), posterior,
+                      experiment=ceiling_name(name), ema=None, method="continuous VAE", model_path=str(vae_dir))
         return
     if not tokenizer:
         raise ParamsError("coda evaluate: --tokenizer is required for an experiment")
@@ -35,24 +37,23 @@ def evaluate(params: dict, *, experiment: str, prepared: str, vae: str, referenc
     # trained runs save EMA weights; the release ships *_ema.pth
     _evaluate(params, Tokenizer.from_pretrained(tokenizer), vae_location(vae, experiment_vae(config)), prepared,
               reference, out, config.get("posterior", "sample"), experiment=experiment, ema=True, method=None,
-              checkpoint=tokenizer)
+              model_path=tokenizer)
 
 
 def _evaluate(params, tokenizer, vae_dir: Path, prepared: str, reference: str, out: Path, posterior: str, *,
-              experiment: str, ema, method, checkpoint: str) -> None:
+              experiment: str, ema, method, model_path: str) -> None:
     cfg = scale_block(params).get("evaluate", {})
     settings = params.get("evaluate", {})
     meta = read_meta(prepared)
     info = json.loads((vae_dir / VAE_INFO).read_text())
-    vae = ContinuousVAE.from_pretrained(vae_dir / VAE_DIR) if tokenizer is None else None  # a tokenizer holds its own
     evaluate_tokenizer(
-        tokenizer, vae, Path(prepared) / VAL_NPY, out / METRICS_FILE, batch_size=cfg.get("batch_size", 16),
+        tokenizer, Path(prepared) / VAL_NPY, out / METRICS_FILE, batch_size=cfg.get("batch_size", 16),
         inception_weights=settings.get("inception_weights"), posterior=posterior, seed=settings.get("seed", 0),
         recon_samples_out=out / SAMPLES_FILE, num_recon_samples=cfg.get("reconstructions", 8),
-        code_counts_out=out / COUNTS_FILE if tokenizer is not None else None,
+        code_counts_out=out / COUNTS_FILE if tokenizer.kind == "tokenizer" else None,  # the ceiling has no codes
         max_images=cfg.get("max_images"), progressive=settings.get("progressive", "none"),
         reference_file=Path(reference) / REFERENCE_FILE,
         fid_protocol=settings.get("fid_protocol", "torch-fidelity"),
         npz_out=out / NPZ_FILE if cfg.get("export_npz", False) else None, rfd_vgg16=cfg.get("rfd_vgg16", True),
         meta={"experiment": experiment, "dataset": meta.get("dataset"), "crop": meta.get("crop"),
-              "ema": ema, "method": method, "checkpoint": checkpoint, "vae": info["label"]})
+              "ema": ema, "method": method, "model_path": model_path, "vae": info["label"]})
