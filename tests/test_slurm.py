@@ -3,7 +3,7 @@
 The test installs Debian's `slurm-wlm` and `munge` where they are missing (as root, from the package
 registry; otherwise it is skipped, saying why), starts munged, slurmctld and slurmd on localhost in a
 temporary directory (accounting off; MinJobAge 3600, so that `squeue` and this test still see
-finished jobs; a `gpu` GRES of 2 backed by placeholder files, so that `--gpus` schedules) and runs
+finished jobs; a `gpu` GRES of 2 backed by two empty stand-in device files, so that `--gpus` schedules) and runs
 the README's cluster command: `snakemake --profile profiles/slurm` to results/table1.csv, every
 train job 2 processes (on CPU: gloo). The 2-process tokenizer must equal a local 1-process run of
 the same global batch, bit for bit (one thread per process in both). The daemons are stopped by
@@ -105,7 +105,7 @@ def slurm_cluster():
         (root / "munge").chmod(0o711)
         subprocess.run([programs["mungekey"], "-c", "-k", str(root / "munge/munge.key")], check=True)
         host = socket.gethostname().split(".")[0]
-        for card in (0, 1):  # placeholder device files: SLURM only needs them to exist
+        for card in (0, 1):  # stand-in device files: SLURM only checks that they exist
             (root / f"gpu{card}").touch()
         (root / "gres.conf").write_text(f"NodeName={host} Name=gpu File={root}/gpu[0-1]\n")
         (root / "slurm.conf").write_text(SLURM_CONF.format(
